@@ -1,0 +1,136 @@
+"""The MABP decoder ("predictor" in the official code): query generator, 9 mixed-modal layers over
+three scales (coarse -> fine, 3 layers each), query upsampling 16 -> 64 -> 256, regional supervision
+heads at every scale end, and the query FPN + final head at 1/4 (reference §1.5-§1.10).
+"""
+from __future__ import annotations
+
+from typing import Dict, List, Optional
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from ..config import DecoderConfig
+from .mixed_modal_layer import MixedModalLayer
+from .position_encoding import PositionEmbeddingSine
+from .query_fpn import QueryFPN
+from .query_generator import QueryGenerator
+from .regional_head import RegionalSupervisionHead, window_geometry
+
+
+def upsample_queries(x: torch.Tensor) -> torch.Tensor:
+    """(Q, B, C) row-major n x n grid -> nearest 2x -> (4Q, B, C) row-major 2n x 2n grid.
+
+    Each parent query becomes its 2x2 children, which then diverge through their own windows.
+    """
+    q, b, c = x.shape
+    n = int(round(q ** 0.5))
+    grid = x.permute(1, 2, 0).reshape(b, c, n, n)
+    grid = F.interpolate(grid, scale_factor=2, mode="nearest")
+    return grid.flatten(2).permute(2, 0, 1)
+
+
+def queries_to_grid(x: torch.Tensor) -> torch.Tensor:
+    """(Q, B, C) -> (B, C, n, n), row-major."""
+    q, b, c = x.shape
+    n = int(round(q ** 0.5))
+    return x.permute(1, 2, 0).reshape(b, c, n, n)
+
+
+def region_attention_mask(logits: torch.Tensor, num_queries: int, num_heads: int, num_tokens: int) -> torch.Tensor:
+    """The MMD attention mask (reference §1.6): a query may attend to the pixels of its own window
+    plus every pixel predicted foreground anywhere, plus all language tokens.
+
+    logits (B, H, W) of the scale's main RSH branch. Returns bool (B*heads, Q, H*W + L), True = blocked.
+    """
+    b, h, w = logits.shape
+    geo = window_geometry(h, w, num_queries)
+    fg = (logits.sigmoid() >= 0.5).flatten(1)  # (B, HW): one map shared by all queries
+    owner = geo.region_index(logits.device).flatten()  # (HW,)
+    inwin = owner[None, :] == torch.arange(num_queries, device=logits.device)[:, None]  # (Q, HW)
+    blocked = ~fg[:, None, :] & ~inwin[None]  # (B, Q, HW)
+    lang_cols = torch.zeros(b, num_queries, num_tokens, dtype=torch.bool, device=logits.device)
+    blocked = torch.cat([blocked, lang_cols], dim=2)
+    # Mask2Former's guard: a fully blocked row is opened (cannot happen here: every query owns pixels,
+    # except windows made only of padding at unusual sizes).
+    full = blocked.all(dim=-1, keepdim=True)
+    blocked = blocked & ~full
+    return blocked.repeat_interleave(num_heads, dim=0).detach()
+
+
+class MABPDecoder(nn.Module):
+    """Inputs: multi-scale features [f0 (1/32), f1 (1/16), f2 (1/8)] each (B, C, h_s, w_s);
+    mask_features (B, C, H/4, W/4); word features lang (B, L, Ct); lang_mask (B, L).
+
+    Returns {"pred_masks": [(B,h0,w0), (B,h1,w1), (B,h2,w2), (B,H/4,W/4)] logits,
+             "nt_logits": [4 x (B, 2)] (class 1 = no target)} (NT entries None for heads without NT).
+    """
+
+    def __init__(self, cfg: DecoderConfig, text_dim: int, num_tokens: int, nt_heads: Optional[List[bool]] = None):
+        super().__init__()
+        self.cfg = cfg
+        c = cfg.hidden_dim
+        self.num_heads = cfg.num_heads
+        self.num_tokens = num_tokens
+        self.num_scales = cfg.num_scales
+        self.layers_per_scale = cfg.layers_per_scale
+        if cfg.num_layers != cfg.num_scales * cfg.layers_per_scale:
+            raise ValueError("num_layers must equal num_scales * layers_per_scale (blockwise coarse->fine)")
+        self.pe_layer = PositionEmbeddingSine(c // 2, normalize=True)
+        self.query_generator = QueryGenerator(cfg.num_queries, c, text_dim)
+        self.query_embed = nn.Embedding(cfg.num_queries, c)  # query positional embedding
+        self.lang_query_embed = nn.Embedding(num_tokens, c)  # language-token positional embedding
+        self.level_embed = nn.Embedding(cfg.num_scales, c)
+        self.layers = nn.ModuleList(
+            MixedModalLayer(c, cfg.num_heads, cfg.ffn_dim, num_tokens, cfg.dropout) for _ in range(cfg.num_layers))
+        nt_heads = nt_heads if nt_heads is not None else [True] * (cfg.num_scales + 1)
+        queries = [cfg.num_queries * 4 ** s for s in range(cfg.num_scales)]
+        queries.append(queries[-1])  # the final head uses the finest query grid
+        self.heads = nn.ModuleList(
+            RegionalSupervisionHead(c, q, num_tokens, with_nt=nt) for q, nt in zip(queries, nt_heads))
+        self.query_fpn = QueryFPN(c, cfg.num_scales)
+
+    def scale_inputs(self, feats: List[torch.Tensor]):
+        """Flattened sources (+ level embedding) and sine positions per scale, (HW, B, C) each."""
+        srcs, poss = [], []
+        for s, f in enumerate(feats):
+            srcs.append((f.flatten(2) + self.level_embed.weight[s][None, :, None]).permute(2, 0, 1))
+            poss.append(self.pe_layer(f).flatten(2).permute(2, 0, 1))
+        return srcs, poss
+
+    def forward(self, feats: List[torch.Tensor], mask_features: torch.Tensor, lang: torch.Tensor,
+                lang_mask: torch.Tensor) -> Dict[str, list]:
+        b = lang.shape[0]
+        srcs, poss = self.scale_inputs(feats)
+        shapes = [f.shape[-2:] for f in feats]
+        # Head features: the scale's decoder source (with level embedding) as a map.
+        head_feats = [src.permute(1, 2, 0).reshape(b, -1, *shape) for src, shape in zip(srcs, shapes)]
+
+        x, lang_tokens = self.query_generator(lang, lang_mask)  # (Q, B, C), (L, B, C)
+        query_pos = self.query_embed.weight.unsqueeze(1).repeat(1, b, 1)
+        lang_pos = self.lang_query_embed.weight.unsqueeze(1).repeat(1, b, 1)
+
+        pred_masks, nt_logits, grids = [], [], []
+        attn_mask = None  # layer 0 is unmasked
+        for i, layer in enumerate(self.layers):
+            s = i // self.layers_per_scale
+            x, lang_tokens = layer(x, query_pos, lang_tokens, lang_pos, srcs[s], poss[s], attn_mask)
+            if (i + 1) % self.layers_per_scale == 0:  # end of scale s: supervised head, then upsample
+                logits, nt = self.heads[s](x, head_feats[s], lang_tokens)
+                pred_masks.append(logits)
+                nt_logits.append(nt)
+                grids.append(queries_to_grid(x))
+                if s + 1 < self.num_scales:
+                    x = upsample_queries(x)
+                    query_pos = upsample_queries(query_pos)
+            if i + 1 < len(self.layers):  # the mask for the next layer, at the scale it will use
+                s_next = (i + 1) // self.layers_per_scale
+                with torch.no_grad():
+                    map_logits = self.heads[s_next].mask_logits(x, head_feats[s_next])
+                attn_mask = region_attention_mask(map_logits, x.shape[0], self.num_heads, lang_tokens.shape[0])
+
+        final_queries = self.query_fpn(grids).flatten(2).permute(2, 0, 1)  # (Q_last, B, C)
+        logits, nt = self.heads[-1](final_queries, mask_features, lang_tokens)
+        pred_masks.append(logits)
+        nt_logits.append(nt)
+        return {"pred_masks": pred_masks, "nt_logits": nt_logits}

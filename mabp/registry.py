@@ -1,0 +1,180 @@
+"""Preset registry, the one builder, and checkpoint I/O.
+
+    model = build_mabp("lite")                         # a preset
+    model = build_mabp("paper", text__path="/bert")    # a preset with overrides (section__key)
+    model = build_mabp(checkpoint="run/best.pt")       # the config stored in the checkpoint rebuilds it
+
+Checkpoints are plain dicts {"format": "mabp", "config": {...}, "model": state_dict, ...} loaded with
+`torch.load(..., weights_only=True)`: a checkpoint is data from strangers.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Callable, Dict, Optional, Union
+
+import torch
+
+from .config import (DecoderConfig, MABPConfig, PixelDecoderConfig, TextConfig, VisualConfig)
+
+PRESETS: Dict[str, Callable[[], MABPConfig]] = {}
+CHECKPOINT_FORMAT = "mabp"
+TINY_VOCAB = Path(__file__).resolve().parent / "assets" / "tiny_vocab.txt"
+
+
+def register_preset(name: str):
+    def wrap(fn: Callable[[], MABPConfig]):
+        PRESETS[name] = fn
+        return fn
+    return wrap
+
+
+@register_preset("paper")
+def paper_config() -> MABPConfig:
+    """Swin-B (window 12) + BERT-base, 480x480, 20 tokens: the official model, weight for weight.
+
+    BERT-base weights come from a local folder (text.path) or from a converted official checkpoint; the
+    tokenizer is bert-base-uncased's WordPiece vocabulary (the same file MiniLM ships).
+    """
+    return MABPConfig(preset="paper")
+
+
+@register_preset("lite")
+def lite_config() -> MABPConfig:
+    """EfficientNet-Lite0 (ImageNet weights) + MiniLM-L6 (sentence-transformers weights), 320x320.
+
+    The CPU default. Decoder width 256 as in the paper; pixel decoder with 4 deformable layers.
+    """
+    return MABPConfig(
+        preset="lite",
+        image_size=320,
+        pixel_mean=(127.0, 127.0, 127.0),
+        pixel_std=(128.0, 128.0, 128.0),
+        visual=VisualConfig(kind="efficientnet_lite0", pretrained=True, fusion="pwam"),
+        text=TextConfig(path="minilm", vocab="minilm", hidden_size=384, num_layers=6, num_heads=12,
+                        intermediate_size=1536),
+        pixel_decoder=PixelDecoderConfig(num_layers=4),
+    )
+
+
+@register_preset("tiny")
+def tiny_config() -> MABPConfig:
+    """A tiny random model for tests: 96x96 (= 480 / 5, so every window rule mirrors 480)."""
+    return MABPConfig(
+        preset="tiny",
+        image_size=96,
+        visual=VisualConfig(kind="swin", embed_dim=16, depths=(1, 1, 2, 1), num_heads=(1, 2, 2, 4),
+                            window_size=3, drop_path_rate=0.0),
+        text=TextConfig(path=None, vocab="tiny", hidden_size=32, num_layers=2, num_heads=2,
+                        intermediate_size=64, max_position_embeddings=64),
+        pixel_decoder=PixelDecoderConfig(conv_dim=32, mask_dim=32, num_layers=1, num_heads=4, num_points=2,
+                                         ffn_dim=64, num_groups=8),
+        decoder=DecoderConfig(hidden_dim=32, num_heads=4, ffn_dim=64),
+    )
+
+
+def get_config(preset: str, **overrides: Any) -> MABPConfig:
+    """A preset's config with `section__key=value` (or {"section.key": value}) overrides applied."""
+    if preset not in PRESETS:
+        raise KeyError(f"unknown preset {preset!r}; available: {sorted(PRESETS)}")
+    cfg = PRESETS[preset]()
+    if overrides:
+        cfg = cfg.override(**{k.replace("__", "."): v for k, v in overrides.items()})
+    return cfg
+
+
+def resolve_config(cfg: MABPConfig) -> MABPConfig:
+    """Fill values that depend on files: a random text encoder's vocabulary size follows its vocab."""
+    if cfg.text.path is None:
+        from .tokenizer import TextTokenizer
+
+        vocab_size = TextTokenizer(cfg.text).vocab_size
+        if vocab_size != cfg.text.vocab_size:
+            cfg = cfg.override(**{"text.vocab_size": vocab_size})
+    if cfg.image_size % 32:
+        raise ValueError(f"image_size must be divisible by 32, got {cfg.image_size}")
+    return cfg
+
+
+def load_checkpoint(path: Union[str, os.PathLike]) -> dict:
+    """Read one of our checkpoints safely (weights_only) and check its format."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # corrupted file, pickle with code, ...
+        raise ValueError(f"could not read checkpoint {path}: {exc}") from exc
+    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT or "config" not in ckpt:
+        raise ValueError(f"{path} is not an MABP checkpoint of this project (no 'format': 'mabp' and 'config'); "
+                         "convert the authors' release with `python -m train.convert --from official-mabp`")
+    return ckpt
+
+
+def build_mabp(preset_or_config: Union[str, MABPConfig, dict, None] = None,
+               checkpoint: Union[str, os.PathLike, dict, None] = None, strict: bool = True,
+               **overrides: Any):
+    """Build an MABP model from a preset name, a config (dataclass or dict) or a checkpoint alone.
+
+    With a checkpoint and no preset/config, the checkpoint's stored config is used. Weights missing
+    from the checkpoint are allowed only if the checkpoint lists them under "external" (weights that
+    come from an installed package, e.g. frozen MiniLM embeddings, and were not duplicated).
+    """
+    from .modeling.mabp import MABP
+
+    ckpt = None
+    if checkpoint is not None:
+        ckpt = checkpoint if isinstance(checkpoint, dict) else load_checkpoint(checkpoint)
+    if preset_or_config is None:
+        if ckpt is None:
+            raise ValueError("build_mabp needs a preset name, a config or a checkpoint")
+        cfg = MABPConfig.from_dict(ckpt["config"])
+        if overrides:
+            cfg = cfg.override(**{k.replace("__", "."): v for k, v in overrides.items()})
+    elif isinstance(preset_or_config, str):
+        cfg = get_config(preset_or_config, **overrides)
+    elif isinstance(preset_or_config, dict):
+        cfg = MABPConfig.from_dict(preset_or_config)
+    else:
+        cfg = preset_or_config
+    cfg = resolve_config(cfg)
+    model = MABP(cfg)
+    if ckpt is not None:
+        load_state(model, ckpt, strict=strict)
+    return model
+
+
+def load_state(model, ckpt: dict, strict: bool = True) -> None:
+    state = {k: v.float() if torch.is_floating_point(v) else v for k, v in ckpt["model"].items()}
+    result = model.load_state_dict(state, strict=False)
+    external = set(ckpt.get("external", []))
+    missing = [k for k in result.missing_keys if k not in external]
+    if strict and (missing or result.unexpected_keys):
+        raise ValueError(f"checkpoint does not fit the model: {len(missing)} missing (e.g. {missing[:5]}), "
+                         f"{len(result.unexpected_keys)} unexpected (e.g. {result.unexpected_keys[:5]})")
+
+
+def save_checkpoint(model, path: Union[str, os.PathLike], extra: Optional[dict] = None,
+                    half: bool = False, skip_external: bool = False) -> Path:
+    """Write {"format", "config", "model", **extra} atomically (tmp file + rename).
+
+    half=True stores floating tensors as fp16 (for the shipped checkpoint's size limit; they are
+    restored to fp32 on load). skip_external=True leaves out weights that are identical to the
+    installed package's pretrained ones and frozen (they are re-read from the package at build time).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = model.state_dict()
+    external = []
+    if skip_external:
+        external = [k for k in getattr(model, "external_weight_names", lambda: [])()]
+        state = {k: v for k, v in state.items() if k not in set(external)}
+    if half:
+        state = {k: v.half() if torch.is_floating_point(v) else v for k, v in state.items()}
+    ckpt = {"format": CHECKPOINT_FORMAT, "config": model.cfg.to_dict(), "model": state, "external": external}
+    if extra:
+        ckpt.update(extra)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    torch.save(ckpt, tmp)
+    os.replace(tmp, path)
+    return path
