@@ -54,7 +54,7 @@ def window_partition(x: Tensor, window_size: int) -> Tensor:
     if h % window_size or w % window_size:
         raise ValueError(f"map {h}x{w} is not a multiple of the window size {window_size}; pad it first")
     x = x.view(b, h // window_size, window_size, w // window_size, window_size, c)
-    return x.permute(0, 1, 3, 2, 4, 5).reshape(-1, window_size, window_size, c)
+    return x.permute(0, 1, 3, 2, 4, 5).contiguous().view(-1, window_size, window_size, c)
 
 
 def window_reverse(windows: Tensor, window_size: int, h: int, w: int) -> Tensor:
@@ -65,7 +65,7 @@ def window_reverse(windows: Tensor, window_size: int, h: int, w: int) -> Tensor:
     n_windows = (h // window_size) * (w // window_size)
     b = windows.shape[0] // n_windows
     x = windows.view(b, h // window_size, w // window_size, window_size, window_size, -1)
-    return x.permute(0, 1, 3, 2, 4, 5).reshape(b, h, w, -1)
+    return x.permute(0, 1, 3, 2, 4, 5).contiguous().view(b, h, w, -1)
 
 
 def pad_to_window(x: Tensor, window_size: int) -> Tensor:
