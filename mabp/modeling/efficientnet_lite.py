@@ -169,10 +169,18 @@ class EfficientNetLitePWAMEncoder(nn.Module):
         out = getattr(self, f"norm{i}")(x_res)
         return x_res, out.transpose(1, 2).reshape(b, c, h, w)
 
+    @torch.no_grad()
+    def language_free_stages(self) -> bool:
+        """True if no language reaches the next stage: "late" mode, or closed (all-zero) residual gates.
+        Zero-initialised gates receive exactly zero gradient, so they stay closed unless loaded open."""
+        if self.fusion_mode == "late":
+            return True
+        return all(not bool(g[0].weight.any()) or not bool(g[2].weight.any()) for g in self.res_gates)
+
     def forward_visual(self, images: torch.Tensor) -> List[torch.Tensor]:
         """Language-free backbone ("late" mode only): images (B,3,H,W) -> 4 maps (B, C_i, H/s_i, W/s_i)."""
-        if self.fusion_mode != "late":
-            raise RuntimeError("forward_visual is only available with VisualConfig.fusion='late'; in 'pwam' "
+        if not self.language_free_stages():
+            raise RuntimeError("forward_visual needs VisualConfig.fusion='late' or closed gates; in 'pwam' "
                                "mode the fused features feed back into the backbone, so there is no "
                                "language-free visual pass")
         x = self._stem(images)

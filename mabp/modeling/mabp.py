@@ -49,9 +49,10 @@ class MABP(nn.Module):
         self.register_buffer("pixel_std", torch.tensor(cfg.pixel_std).view(3, 1, 1), persistent=False)
 
     # ----------------------------------------------------------------- pieces (the predictor caches them)
-    @property
-    def late_fusion(self) -> bool:
-        return self.cfg.visual.fusion == "late"
+    def visual_cacheable(self) -> bool:
+        """True if the visual stages see no language ("late" fusion, or PWAM with closed gates, as every
+        model trained the official way has: see SwinPWAMEncoder.language_free_stages)."""
+        return bool(self.backbone.language_free_stages())
 
     def normalize(self, images: torch.Tensor) -> torch.Tensor:
         return (images - self.pixel_mean) / self.pixel_std
@@ -61,7 +62,7 @@ class MABP(nn.Module):
         return self.text_encoder(input_ids, attention_mask)
 
     def encode_visual(self, images: torch.Tensor):
-        """Language-free part of the visual encoder ("late" fusion only): cacheable per image."""
+        """Language-free part of the visual encoder (only when `visual_cacheable()`): cacheable per image."""
         return self.backbone.forward_visual(self.normalize(images))
 
     def forward_features(self, feats: Dict[str, torch.Tensor], lang: torch.Tensor,

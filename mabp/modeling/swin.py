@@ -458,6 +458,18 @@ class SwinPWAMEncoder(nn.Module):
         missing = [k for k in result.missing_keys if not k.endswith("relative_position_index")]
         return missing, list(result.unexpected_keys)
 
+    @torch.no_grad()
+    def language_free_stages(self) -> bool:
+        """True if no language reaches the next stage: "late" mode, or "pwam" mode whose residual gates
+        are exactly zero. The official gates are zero-initialised AND receive exactly zero gradient
+        (tanh(W2 relu(W1 x)) with W1 = W2 = 0 is a stationary point), so a model trained the official way
+        keeps them closed and its visual pass is language-free: cacheable per image with identical outputs.
+        """
+        if self.fusion_mode == "late":
+            return True
+        return all(not bool(layer.res_gate[0].weight.any()) or not bool(layer.res_gate[2].weight.any())
+                   for layer in self.layers if layer.res_gate is not None)
+
     @property
     def size_divisibility(self) -> int:
         return 32
@@ -470,9 +482,10 @@ class SwinPWAMEncoder(nn.Module):
 
     def forward_visual(self, images: Tensor) -> VisualFeatures:
         """Language-free part ("late" mode only). images (B, 3, H, W) -> VisualFeatures(feats, sizes)."""
-        if self.fusion_mode != "late":
-            raise RuntimeError("forward_visual is only available with visual.fusion='late': in 'pwam' mode "
-                               "the language is gated into the backbone after every stage; call forward()")
+        if not self.language_free_stages():
+            raise RuntimeError("forward_visual needs visual.fusion='late' or closed gates: in 'pwam' mode "
+                               "with open gates the language is gated into the backbone after every stage; "
+                               "call forward()")
         x, h, w = self.patch_embed(images)
         feats: List[Tensor] = []
         sizes: List[Tuple[int, int]] = []
@@ -492,8 +505,8 @@ class SwinPWAMEncoder(nn.Module):
         visual: output of `forward_visual` (feats (B, H_i*W_i, C_i), sizes); lang (B, Ct, L);
         lang_mask (B, L, 1). Returns res2..res5 maps (B, C_i, H_i, W_i).
         """
-        if self.fusion_mode != "late":
-            raise RuntimeError("forward_fusion is only available with visual.fusion='late'")
+        if not self.language_free_stages():
+            raise RuntimeError("forward_fusion needs visual.fusion='late' or closed gates")
         feats, sizes = visual
         out: Dict[str, Tensor] = {}
         for i, (layer, x, (h, w)) in enumerate(zip(self.layers, feats, sizes)):

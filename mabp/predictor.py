@@ -1,0 +1,184 @@
+"""A predictor that takes one image and answers many expressions (segment-anything style).
+
+    predictor = MABPPredictor(build_mabp(checkpoint="assets/checkpoints/mabp-lite-synthgres.pt"))
+    predictor.set_image(image_rgb_uint8)
+    result = predictor.predict("the two red circles")
+    result.mask        # (H, W) bool at the original size, empty when result.no_target
+
+What can be cached honestly: MABP fuses language INSIDE the visual encoder (PWAM after every stage,
+gated back into the next stage), so with the paper's fusion only the image decoding / resizing /
+normalisation is text-independent. A model built with `visual.fusion="late"` runs its visual stages
+without language; `set_image` then also caches the whole language-free backbone pass and `predict`
+runs only BERT, the PWAM fusions, the pixel decoder and the decoder.
+
+The same cache is exact for a PWAM model whose residual gates are closed (all zero). The official
+gates are zero-initialised and receive exactly zero gradient, so every model trained the official way
+(the authors' released weights included, if their gates are zero) is cached this way automatically.
+"""
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional
+
+import cv2
+import numpy as np
+import torch
+
+from .image_io import DEFAULT_MAX_PIXELS, InputError, to_rgb_uint8
+from .postprocess import decide_no_target, nt_probabilities, postprocess
+from .tokenizer import TextTokenizer
+
+
+@dataclass
+class GRESResult:
+    """The answer to one expression on the current image."""
+
+    text: str
+    mask: np.ndarray  # (H, W) bool at the original size; all False when no_target
+    no_target: bool
+    nt_prob: float  # probability of "no target" under the chosen rule
+    nt_probs: List[float]  # per head (coarse -> final)
+    head_masks: List[np.ndarray]  # per supervised head, bool at the head's resolution (coarse -> fine)
+    raw_mask: np.ndarray  # (H, W) bool before emptying for no-target (what the official evaluator scores)
+    latency_ms: float  # model time of this call (text encoder + fusion + decoders + post-processing)
+    tokens: List[str]
+    num_tokens: int  # before truncation, including [CLS] and [SEP]
+    truncated: bool  # the expression did not fit the model's token budget and was cut
+    threshold: float
+    nt_rule: str
+    image_size: tuple  # (H, W) of the original image
+    extras: Dict[str, object] = field(default_factory=dict)
+
+    @property
+    def area_fraction(self) -> float:
+        return float(self.mask.mean()) if self.mask.size else 0.0
+
+
+class MABPPredictor:
+    def __init__(self, model: torch.nn.Module, device: Optional[str] = None,
+                 max_pixels: int = DEFAULT_MAX_PIXELS, cache_texts: int = 16):
+        self.model = model.eval()
+        self.device = torch.device(device) if device else next(model.parameters()).device
+        self.model.to(self.device)
+        self.cfg = model.cfg
+        self.tokenizer = TextTokenizer(self.cfg.text)
+        self.max_pixels = max_pixels
+        self._image: Optional[np.ndarray] = None
+        self._tensor: Optional[torch.Tensor] = None
+        self._visual = None
+        self._outputs: "OrderedDict[str, dict]" = OrderedDict()  # text -> raw model outputs on this image
+        self._cache_texts = cache_texts
+        self.set_image_ms = 0.0
+
+    # ---------------------------------------------------------------------------------------- image
+    @property
+    def image_size(self) -> int:
+        return self.cfg.image_size
+
+    @property
+    def has_image(self) -> bool:
+        return self._tensor is not None
+
+    def preprocess(self, image: np.ndarray) -> torch.Tensor:
+        """(H, W, 3) uint8 -> (1, 3, S, S) float in 0..255, squashed to S x S as in the paper."""
+        s = self.image_size
+        h, w = image.shape[:2]
+        # Bilinear as the official mapper; area averaging when shrinking a lot avoids aliasing.
+        interp = cv2.INTER_AREA if min(h, w) > 2 * s else cv2.INTER_LINEAR
+        resized = cv2.resize(image, (s, s), interpolation=interp)
+        return torch.from_numpy(resized).permute(2, 0, 1).float().unsqueeze(0).to(self.device)
+
+    @torch.inference_mode()
+    def set_image(self, image) -> None:
+        """Validate and cache the image (and, for late-fusion models, its language-free features)."""
+        t0 = time.perf_counter()
+        rgb = to_rgb_uint8(image, self.max_pixels)
+        tensor = self.preprocess(rgb)
+        visual = self.model.encode_visual(tensor) if self.model.visual_cacheable() else None
+        self._image, self._tensor, self._visual = rgb, tensor, visual
+        self._outputs.clear()
+        self.set_image_ms = (time.perf_counter() - t0) * 1000
+
+    def reset_image(self) -> None:
+        self._image = self._tensor = self._visual = None
+        self._outputs.clear()
+
+    # ----------------------------------------------------------------------------------------- text
+    @staticmethod
+    def check_text(text) -> str:
+        if text is None or not isinstance(text, str):
+            raise InputError("No expression was given: type what to segment, e.g. 'the red circle'.")
+        text = " ".join(text.split())
+        if not text:
+            raise InputError("The expression is empty: type what to segment, e.g. 'the red circle'.")
+        return text
+
+    @torch.inference_mode()
+    def run_model(self, text: str) -> dict:
+        """Raw outputs for `text` on the current image (cached per text for threshold changes)."""
+        if self._tensor is None:
+            raise InputError("No image is set: call set_image(image) first.")
+        if text in self._outputs:
+            self._outputs.move_to_end(text)
+            return self._outputs[text]
+        tok = self.tokenizer([text])
+        ids = tok.input_ids.to(self.device)
+        mask = tok.attention_mask.to(self.device)
+        t0 = time.perf_counter()
+        lang = self.model.encode_text(ids, mask)
+        feats = self.model.fuse(lang, mask, images=None if self._visual is not None else self._tensor,
+                                visual=self._visual)
+        out = self.model.forward_features(feats, lang, mask)
+        entry = {"outputs": out, "tok": tok, "model_ms": (time.perf_counter() - t0) * 1000}
+        self._outputs[text] = entry
+        while len(self._outputs) > self._cache_texts:
+            self._outputs.popitem(last=False)
+        return entry
+
+    def predict(self, text: str, threshold: Optional[float] = None, nt_rule: Optional[str] = None,
+                min_pixels: Optional[int] = None) -> GRESResult:
+        """Segment what `text` refers to in the current image.
+
+        threshold / nt_rule / min_pixels default to the model config's inference settings. Changing
+        only these for a text already asked re-uses the cached model outputs (no model time).
+        """
+        text = self.check_text(text)
+        inf = self.cfg.inference
+        threshold = inf.threshold if threshold is None else float(threshold)
+        nt_rule = inf.nt_rule if nt_rule is None else nt_rule
+        min_pixels = inf.min_pixels if min_pixels is None else int(min_pixels)
+        if not 0.0 < threshold < 1.0:
+            raise InputError(f"The mask threshold must be between 0 and 1, got {threshold}.")
+        cached = text in self._outputs
+        entry = self.run_model(text)
+        t0 = time.perf_counter()
+        out, tok = entry["outputs"], entry["tok"]
+        h, w = self._image.shape[:2]
+        post = postprocess(out["pred_masks"], out["nt_logits"], (h, w), threshold, nt_rule, min_pixels,
+                           model_size=(self.image_size, self.image_size))
+        has_nt = any(n is not None for n in out["nt_logits"])
+        nt_probs = nt_probabilities(out["nt_logits"])[:, 0].tolist() if has_nt else []
+        head_masks = [(m[0].float().sigmoid() > threshold).cpu().numpy() for m in out["pred_masks"]]
+        post_ms = (time.perf_counter() - t0) * 1000
+        return GRESResult(
+            text=text,
+            mask=post.masks[0].cpu().numpy(),
+            no_target=bool(post.no_target[0]),
+            nt_prob=float(post.nt_prob[0]),
+            nt_probs=nt_probs,
+            head_masks=head_masks,
+            raw_mask=post.raw_masks[0].cpu().numpy(),
+            latency_ms=(0.0 if cached else entry["model_ms"]) + post_ms,
+            tokens=tok.tokens[0],
+            num_tokens=tok.num_tokens[0],
+            truncated=bool(tok.truncated[0]),
+            threshold=threshold,
+            nt_rule=nt_rule,
+            image_size=(h, w),
+        )
+
+    def outputs_for(self, text: str) -> dict:
+        """Raw model outputs (lists of tensors) for an expression on the current image."""
+        return self.run_model(self.check_text(text))["outputs"]
