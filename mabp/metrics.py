@@ -255,6 +255,15 @@ class GRESMeter:
         m.load_state_dict(state)
         return m
 
+    @classmethod
+    def from_arrays(cls, arrays: Mapping[str, Any], sample_ids: Optional[Sequence[Any]] = None,
+                    tags: Optional[Sequence[Mapping[str, Any]]] = None) -> "GRESMeter":
+        """Build a meter from `to_arrays()` output (ids and tags optional)."""
+        n = int(np.asarray(arrays["outcome"]).size)
+        state = dict(arrays, sample_ids=list(sample_ids) if sample_ids is not None else [None] * n,
+                     tags=list(tags) if tags is not None else [{}] * n)
+        return cls.from_state_dict(state)
+
     def merge(self, other: Union["GRESMeter", Mapping[str, Any]]) -> "GRESMeter":
         """Append all samples of `other` (a meter or a `state_dict`) to this meter; returns self."""
         state = other.state_dict() if isinstance(other, GRESMeter) else other

@@ -198,6 +198,7 @@ def test_merge_equals_single_meter_and_state_roundtrip():
     assert all(isinstance(state[k], np.ndarray) for k in ("iou", "I", "U", "outcome"))
     again = GRESMeter.from_state_dict(state)
     assert again.compute() == whole.compute() and again.breakdown("target") == whole.breakdown("target")
+    assert GRESMeter.from_arrays(whole.to_arrays()).compute() == whole.compute()
 
 
 def test_merge_matches_direct_updates():

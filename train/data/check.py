@@ -129,7 +129,8 @@ def run_check(dataset: str, root: str, split_by: Optional[str] = None, splits: O
     p(f"image root:     {source.image_root}{'' if os.path.isdir(source.image_root) else '  (DOES NOT EXIST)'}")
 
     present = source.split_names()
-    wanted = list(splits) if splits else present + [s for s in known if s not in present]
+    # Published splits first, in their usual order (train, val, test...), then any extra ones.
+    wanted = list(splits) if splits else list(known) + [s for s in present if s not in known]
     reports: Dict[str, Dict[str, Any]] = {}
     errors: List[str] = []
     notes: List[str] = []
@@ -146,7 +147,7 @@ def run_check(dataset: str, root: str, split_by: Optional[str] = None, splits: O
             errors.append(str(e))
 
     p("")
-    p("| split | refs | expressions | images | no-target refs / expr | multi-target refs / expr "
+    p("| split | refs (with sentences) | expressions | images | no-target refs / expr | multi-target refs / expr "
       "(same, mixed) | refs without sentences | crowd-only refs | polygons dropped |")
     p("|---|---|---|---|---|---|---|---|---|")
     for s, r in reports.items():
