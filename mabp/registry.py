@@ -152,6 +152,12 @@ def build_mabp(preset_or_config: Union[str, MABPConfig, dict, None] = None,
 
 def load_state(model, ckpt: dict, strict: bool = True) -> None:
     state = {k: v.float() if torch.is_floating_point(v) else v for k, v in ckpt["model"].items()}
+    own = model.state_dict()
+    mismatched = [f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}"
+                  for k, v in state.items() if k in own and tuple(v.shape) != tuple(own[k].shape)]
+    if mismatched:
+        raise ValueError(f"checkpoint does not fit the model: {len(mismatched)} shape mismatch(es), e.g. "
+                         + "; ".join(mismatched[:3]) + ". Build it from its own config: build_mabp(checkpoint=...)")
     result = model.load_state_dict(state, strict=False)
     external = set(ckpt.get("external", []))
     missing = [k for k in result.missing_keys if k not in external]

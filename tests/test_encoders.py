@@ -165,8 +165,21 @@ def test_efficientnet_late_mode(pretrained_late, pretrained_pwam):
     for v, v2 in zip(vis, vis_again):
         assert torch.equal(v, v2)
     assert not torch.allclose(split["res2"], other["res2"])
-    with pytest.raises(RuntimeError, match="late"):
-        pretrained_pwam.forward_visual(x)
+    # "pwam" mode: the visual pass is language-free only while the gates are closed (they start closed)
+    assert pretrained_pwam.language_free_stages()
+    saved = [g[2].weight.detach().clone() for g in pretrained_pwam.res_gates]
+    try:
+        with torch.no_grad():
+            for g in pretrained_pwam.res_gates:
+                g[0].weight.fill_(0.01)
+                g[2].weight.fill_(0.01)
+        with pytest.raises(RuntimeError, match="late"):
+            pretrained_pwam.forward_visual(x)
+    finally:
+        with torch.no_grad():
+            for g, w in zip(pretrained_pwam.res_gates, saved):
+                g[0].weight.zero_()
+                g[2].weight.copy_(w)
 
 
 def test_efficientnet_bn_stays_eval():

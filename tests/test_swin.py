@@ -327,8 +327,16 @@ def test_late_mode_split_equals_forward():
     assert torch.equal(again["res5"], full["res5"])
 
 
-def test_forward_visual_refused_in_pwam_mode():
+def test_forward_visual_refused_in_pwam_mode_with_open_gates():
     model = tiny_model(fusion="pwam")
+    assert model.language_free_stages()  # zero gates: the visual pass is language-free
+    model.forward_visual(torch.randn(1, 3, 32, 32))
+    with torch.no_grad():
+        for layer in model.layers:
+            if layer.res_gate is not None:
+                layer.res_gate[0].weight.fill_(0.1)
+                layer.res_gate[2].weight.fill_(0.1)
+    assert not model.language_free_stages()
     with pytest.raises(RuntimeError, match="late"):
         model.forward_visual(torch.randn(1, 3, 32, 32))
 

@@ -1,0 +1,130 @@
+"""The predictor on awkward images and texts, and its caches."""
+import numpy as np
+import pytest
+import torch
+
+from mabp import build_mabp
+from mabp.image_io import InputError, to_rgb_uint8
+from mabp.predictor import MABPPredictor
+
+
+@pytest.fixture(scope="module")
+def predictor():
+    torch.manual_seed(0)
+    return MABPPredictor(build_mabp("tiny"))
+
+
+def _check(result, shape):
+    assert result.mask.shape == shape and result.mask.dtype == np.bool_
+    assert result.raw_mask.shape == shape
+    assert 0.0 <= result.nt_prob <= 1.0 and len(result.nt_probs) == 4
+    assert [m.shape for m in result.head_masks] == [(3, 3), (6, 6), (12, 12), (24, 24)]
+    if result.no_target:
+        assert not result.mask.any()
+    assert result.latency_ms >= 0
+
+
+@pytest.mark.parametrize("image", [
+    np.full((50, 70), 128, dtype=np.uint8),  # grayscale
+    np.random.RandomState(0).randint(0, 255, (40, 30, 4)).astype(np.uint8),  # RGBA
+    np.zeros((1, 1, 3), dtype=np.uint8),  # 1x1
+    np.random.RandomState(1).randint(0, 255, (3000, 4000, 3)).astype(np.uint8),  # 4000x3000 photo
+    (np.random.RandomState(2).rand(20, 20, 3)).astype(np.float32),  # float in [0, 1]
+    np.random.RandomState(3).randint(0, 65535, (25, 35, 3)).astype(np.uint16),  # 16-bit
+])
+def test_predictor_awkward_images(predictor, image):
+    predictor.set_image(image)
+    result = predictor.predict("the red circle")
+    _check(result, image.shape[:2])
+
+
+def test_rgba_is_composited_over_white():
+    rgba = np.zeros((2, 2, 4), dtype=np.uint8)
+    rgba[0, 0] = [255, 0, 0, 255]  # opaque red
+    rgba[1, 1] = [0, 0, 255, 0]  # fully transparent blue -> white
+    rgb = to_rgb_uint8(rgba)
+    assert rgb[0, 0].tolist() == [255, 0, 0] and rgb[1, 1].tolist() == [255, 255, 255]
+
+
+@pytest.mark.parametrize("bad,match", [
+    (None, "No image"),
+    (np.zeros((0, 5, 3), dtype=np.uint8), "empty"),
+    (np.zeros((5, 5, 2), dtype=np.uint8), "channels"),
+    (np.zeros((2, 2, 2, 3), dtype=np.uint8), "shape"),
+    (np.full((4, 4, 3), np.nan, dtype=np.float32), "NaN"),
+])
+def test_bad_images_give_clear_errors(predictor, bad, match):
+    with pytest.raises(InputError, match=match):
+        predictor.set_image(bad)
+
+
+def test_too_large_image_is_refused_with_advice():
+    with pytest.raises(InputError, match="Downscale"):
+        to_rgb_uint8(np.zeros((8000, 6000, 3), dtype=np.uint8), max_pixels=40_000_000)
+
+
+@pytest.mark.parametrize("text", ["", "   \n\t ", None])
+def test_empty_text_is_refused(predictor, text):
+    predictor.set_image(np.zeros((32, 32, 3), dtype=np.uint8))
+    with pytest.raises(InputError, match="expression|No expression"):
+        predictor.predict(text)
+
+
+def test_long_text_is_truncated_and_says_so(predictor):
+    predictor.set_image(np.zeros((32, 32, 3), dtype=np.uint8))
+    text = " ".join(["red circle"] * 250)  # 500 words
+    result = predictor.predict(text)
+    assert result.truncated and result.num_tokens > 20 and len(result.tokens) == 20
+    assert result.tokens[0] == "[CLS]" and result.tokens[-1] == "[SEP]"
+    short = predictor.predict("the red circle")
+    assert not short.truncated
+
+
+def test_predict_without_image_is_refused():
+    p = MABPPredictor(build_mabp("tiny"))
+    with pytest.raises(InputError, match="set_image"):
+        p.predict("the red circle")
+
+
+def test_threshold_change_reuses_cached_outputs(predictor):
+    predictor.set_image(np.random.RandomState(0).randint(0, 255, (64, 64, 3)).astype(np.uint8))
+    first = predictor.predict("all stars", threshold=0.5)
+    again = predictor.predict("all stars", threshold=0.3)
+    assert again.latency_ms < first.latency_ms
+    assert again.raw_mask.sum() >= first.raw_mask.sum()  # a lower threshold never removes pixels
+    with pytest.raises(InputError, match="threshold"):
+        predictor.predict("all stars", threshold=1.5)
+
+
+def test_cached_visual_pass_equals_full_forward():
+    """The predictor's per-image cache must not change a single output (closed gates / late fusion)."""
+    torch.manual_seed(0)
+    for fusion in ("pwam", "late"):
+        model = build_mabp("tiny", visual__fusion=fusion).eval()
+        p = MABPPredictor(model)
+        image = np.random.RandomState(5).randint(0, 255, (96, 96, 3)).astype(np.uint8)
+        p.set_image(image)
+        assert p._visual is not None  # zero gates: cacheable even in "pwam" mode
+        out = p.outputs_for("the big blue star")
+        tok = p.tokenizer(["the big blue star"])
+        with torch.no_grad():
+            full = model(p._tensor, tok.input_ids, tok.attention_mask)
+        for a, b in zip(out["pred_masks"], full["pred_masks"]):
+            torch.testing.assert_close(a, b)
+
+
+def test_open_gates_disable_the_visual_cache():
+    model = build_mabp("tiny").eval()
+    with torch.no_grad():
+        for layer in model.backbone.layers:
+            if layer.res_gate is not None:
+                layer.res_gate[0].weight.normal_(0, 0.1)
+                layer.res_gate[2].weight.normal_(0, 0.1)
+    p = MABPPredictor(model)
+    p.set_image(np.zeros((96, 96, 3), dtype=np.uint8))
+    assert p._visual is None and not model.visual_cacheable()
+    tok = p.tokenizer(["the red circle"])
+    out = p.outputs_for("the red circle")
+    with torch.no_grad():
+        full = model(p._tensor, tok.input_ids, tok.attention_mask)
+    torch.testing.assert_close(out["pred_masks"][-1], full["pred_masks"][-1])
