@@ -1,0 +1,241 @@
+"""The SynthGRES dataset: deterministic, index-addressable samples in the shared GRES sample schema.
+
+Index layout.  Images come in blocks of 16 that together carry exactly 96 expressions; inside a block
+each image gets 4-8 expressions (drawn from the block's own seed, summing to 96).  Sample k therefore
+maps in O(1) to (image index, expression slot), consecutive samples share a scene (cheap with the
+small LRU cache), and every sample is still a pure function of (split seed, k): the scene is rebuilt
+from its image seed and the expressions from their own seed, in any process and any access order.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_right
+from collections import OrderedDict
+from functools import lru_cache
+from typing import Any
+
+import numpy as np
+
+from .grammar import Expression, ExpressionGenerator, BASE_PROFILE, generate_expressions
+from .scene import Scene, generate_scene
+from .vocab import (DEFAULT_TRAIN_LENGTH, FIXED_SPLIT_LENGTH, IMAGE_ID_STRIDE, REF_ID_STRIDE, SPLIT_CODE,
+                    SPLITS)
+
+IMAGES_PER_BLOCK = 16
+EXPRESSIONS_PER_BLOCK = 96  # mean 6 expressions per image
+MIN_EXPRESSIONS, MAX_EXPRESSIONS = 4, 8
+DEFAULT_BASE_SEED = 0x5EED_6E5
+
+# Independent random streams per image, so that e.g. changing the grammar does not change scenes.
+_STREAM_SCENE, _STREAM_EXPR, _STREAM_BLOCK = 1, 2, 3
+
+
+def split_seed(split: str, seed: int | None = None) -> int:
+    """The 64-bit seed of a split (different splits always get different streams)."""
+    if split not in SPLIT_CODE:
+        raise ValueError(f"unknown SynthGRES split {split!r}; expected one of {SPLITS}")
+    base = DEFAULT_BASE_SEED if seed is None else int(seed)
+    return int(np.random.SeedSequence([base, SPLIT_CODE[split]]).generate_state(1, np.uint64)[0])
+
+
+@lru_cache(maxsize=4096)
+def _block_counts(sseed: int, block: int) -> tuple[int, ...]:
+    """Expressions per image in a block: each in [4, 8], summing to EXPRESSIONS_PER_BLOCK."""
+    rng = np.random.default_rng([sseed, block, _STREAM_BLOCK])
+    counts = [EXPRESSIONS_PER_BLOCK // IMAGES_PER_BLOCK] * IMAGES_PER_BLOCK
+    # Random pairwise transfers keep the sum fixed while spreading counts over [4, 8].
+    for _ in range(48):
+        i, j = (int(v) for v in rng.integers(IMAGES_PER_BLOCK, size=2))
+        if i != j and counts[i] < MAX_EXPRESSIONS and counts[j] > MIN_EXPRESSIONS:
+            counts[i] += 1
+            counts[j] -= 1
+    return tuple(counts)
+
+
+def _block_starts(sseed: int, block: int) -> tuple[int, ...]:
+    counts = _block_counts(sseed, block)
+    return tuple(int(v) for v in np.concatenate([[0], np.cumsum(counts)[:-1]]))
+
+
+def _parse_size(size: int | tuple[int, int]) -> tuple[int, int]:
+    """(height, width) from an int or an (H, W) pair."""
+    if isinstance(size, (int, np.integer)):
+        return int(size), int(size)
+    h, w = size
+    return int(h), int(w)
+
+
+class SynthGRES:
+    """Procedural GRES dataset.
+
+    Args:
+        split: "train" (unlimited stream), "val", "testA" or "testB" (2,000 expressions each).
+        size: canvas size, an int (square) or (height, width).
+        seed: base seed; None = the fixed default (the published benchmark).
+        length: train: epoch length (default 20,000); fixed splits: an optional prefix <= 2,000.
+        epoch: train only — epoch e serves stream samples [e * length, (e + 1) * length).
+        cache_size: number of recently used scenes kept in memory.
+
+    `ds[k]` returns the shared sample dict (see `SynthGRES.sample`).
+    """
+
+    def __init__(self, split: str, size: int | tuple[int, int] = 320, seed: int | None = None,
+                 length: int | None = None, epoch: int = 0, cache_size: int = 8) -> None:
+        self.split = split
+        self.seed_value = split_seed(split, seed)
+        self.size = _parse_size(size)
+        if split == "train":
+            self.length = DEFAULT_TRAIN_LENGTH if length is None else int(length)
+        else:
+            self.length = FIXED_SPLIT_LENGTH if length is None else int(length)
+            if self.length > FIXED_SPLIT_LENGTH:
+                raise ValueError(f"{split} has {FIXED_SPLIT_LENGTH} expressions; got length={length}")
+            if epoch:
+                raise ValueError("epochs only exist for the train stream")
+        if self.length <= 0:
+            raise ValueError("length must be positive")
+        self.epoch = int(epoch)
+        self.code = SPLIT_CODE[split]
+        self._cache: OrderedDict[int, tuple[Scene, list[Expression]]] = OrderedDict()
+        self._cache_size = max(1, int(cache_size))
+
+    # -- indexing --------------------------------------------------------------------------------
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, k: int) -> dict[str, Any]:
+        k = int(k)
+        if k < 0:
+            k += self.length
+        if not 0 <= k < self.length:
+            raise IndexError(f"sample {k} out of range for {self.split} (len {self.length})")
+        return self.sample(self.epoch * self.length + k)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Train: move the window of `ds[0:len]` to epoch `epoch` of the unlimited stream."""
+        if self.split != "train" and epoch:
+            raise ValueError("epochs only exist for the train stream")
+        self.epoch = int(epoch)
+
+    def locate(self, index: int) -> tuple[int, int]:
+        """Stream index -> (image index, expression slot)."""
+        block, off = divmod(int(index), EXPRESSIONS_PER_BLOCK)
+        starts = _block_starts(self.seed_value, block)
+        i = bisect_right(starts, off) - 1
+        return block * IMAGES_PER_BLOCK + i, off - starts[i]
+
+    def first_index(self, image_index: int) -> int:
+        """Stream index of the first expression of an image."""
+        block, i = divmod(int(image_index), IMAGES_PER_BLOCK)
+        return block * EXPRESSIONS_PER_BLOCK + _block_starts(self.seed_value, block)[i]
+
+    def num_expressions(self, image_index: int) -> int:
+        """How many expressions (4-8) an image carries."""
+        block, i = divmod(int(image_index), IMAGES_PER_BLOCK)
+        return _block_counts(self.seed_value, block)[i]
+
+    def image_id(self, image_index: int) -> int:
+        """Dataset-wide unique image id (split code * 10^7 + image index)."""
+        return self.code * IMAGE_ID_STRIDE + int(image_index)
+
+    def ref_id(self, index: int) -> int:
+        """Dataset-wide unique ref id (= sent id) of a stream index."""
+        return self.code * REF_ID_STRIDE + int(index)
+
+    def file_name(self, image_index: int) -> str:
+        """PNG file name used by the exporter."""
+        return f"synthgres_{self.split}_{int(image_index):07d}.png"
+
+    # -- content -------------------------------------------------------------------------------
+    def _entry(self, image_index: int) -> tuple[Scene, list[Expression]]:
+        image_index = int(image_index)
+        hit = self._cache.get(image_index)
+        if hit is not None:
+            self._cache.move_to_end(image_index)
+            return hit
+        scene = generate_scene(np.random.default_rng([self.seed_value, image_index, _STREAM_SCENE]),
+                               self.size, self.split)
+        exprs = generate_expressions(scene, np.random.default_rng([self.seed_value, image_index, _STREAM_EXPR]),
+                                     self.num_expressions(image_index), self.split)
+        self._cache[image_index] = (scene, exprs)
+        if len(self._cache) > self._cache_size:
+            self._cache.popitem(last=False)
+        return scene, exprs
+
+    def scene(self, image_index: int) -> Scene:
+        """The Scene object of an image (objects, masks, background, rendering)."""
+        return self._entry(image_index)[0]
+
+    def expressions(self, image_index: int) -> list[Expression]:
+        """The image's expressions (with meaning trees), in slot order."""
+        return self._entry(image_index)[1]
+
+    def sample(self, index: int) -> dict[str, Any]:
+        """Sample at a stream index (train: any index >= 0; fixed splits: < 2,000).
+
+        Returns the shared GRES sample dict::
+
+            image (H, W, 3) uint8 RGB, mask (H, W) bool (union of the targets' visible pixels),
+            sentence str, no_target bool, target_ids list[int], tags {target, type, nt_kind},
+            image_id int, ref_id int, sent_id int, split str
+        """
+        index = int(index)
+        if index < 0 or (self.split != "train" and index >= FIXED_SPLIT_LENGTH):
+            raise IndexError(f"stream index {index} out of range for {self.split}")
+        image_index, slot = self.locate(index)
+        scene, exprs = self._entry(image_index)
+        e = exprs[slot]
+        rid = self.ref_id(index)
+        return {
+            "image": scene.image.copy(),  # a copy: callers may augment in place, the cache must survive
+            "mask": scene.union_mask(e.target_ids),
+            "sentence": e.sentence,
+            "no_target": len(e.target_ids) == 0,
+            "target_ids": list(e.target_ids),
+            "tags": dict(e.tags),
+            "image_id": self.image_id(image_index),
+            "ref_id": rid,
+            "sent_id": rid,
+            "split": self.split,
+        }
+
+    def num_images(self) -> int:
+        """Number of images touched by samples [epoch*len, (epoch+1)*len)."""
+        first = self.locate(self.epoch * self.length)[0]
+        last = self.locate(self.epoch * self.length + self.length - 1)[0]
+        return last - first + 1
+
+    def __repr__(self) -> str:
+        return f"SynthGRES(split={self.split!r}, size={self.size}, len={self.length}, epoch={self.epoch})"
+
+
+_DATASETS: dict[tuple[str, tuple[int, int], int | None], SynthGRES] = {}
+
+
+def generate_sample(split: str, index: int, size: int | tuple[int, int] = 320, seed: int | None = None) -> dict[str, Any]:
+    """Functional access: sample `index` of a split's stream (same as SynthGRES(split).sample(index))."""
+    key = (split, _parse_size(size), seed)
+    ds = _DATASETS.get(key)
+    if ds is None:
+        ds = _DATASETS[key] = SynthGRES(split, size=size, seed=seed)
+    return ds.sample(index)
+
+
+def describe_scene_expressions(scene: Scene, rng: np.random.Generator, n: int = 6,
+                               split: str = "train") -> list[tuple[str, list[int], dict[str, str | None]]]:
+    """Suggest n evaluated expressions for any scene: [(sentence, target_ids, tags), ...]."""
+    exprs = generate_expressions(scene, rng, n, split) if split in ("testA", "testB") else \
+        ExpressionGenerator(scene, rng, BASE_PROFILE).generate(n)
+    return [(e.sentence, list(e.target_ids), dict(e.tags)) for e in exprs]
+
+
+def random_scene(seed: int, size: int | tuple[int, int] = 320, n: int = 6
+                 ) -> tuple[np.ndarray, Scene, list[tuple[str, list[int], dict[str, str | None]]]]:
+    """For the app's "new random scene" button: (image, scene, suggestions) from a user seed.
+
+    Scenes follow the train distribution (held-out testA pairs never appear), so a model trained on
+    SynthGRES sees familiar combinations.
+    """
+    scene = generate_scene(np.random.default_rng([int(seed), 0xA99]), size, "train")
+    suggestions = describe_scene_expressions(scene, np.random.default_rng([int(seed), 0xA99, 1]), n)
+    return scene.image.copy(), scene, suggestions
