@@ -1,0 +1,100 @@
+"""Predictor latency on CPU: median ms of `set_image + predict` and of `predict` alone (a new
+expression on an already-set image), and the peak resident memory, per preset.
+
+    python benchmarks/latency.py                     # lite at 320, paper at 480, 2 threads
+    python benchmarks/latency.py --presets lite --repeats 20 --checkpoint assets/checkpoints/x.pt
+
+Each preset runs in its own subprocess so that peak memory is that preset's alone. Weights are the
+preset's (pretrained encoders where the preset has them, random elsewhere): latency does not depend on
+the weight values, except that a late-fusion or closed-gate model caches the visual pass per image.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+TEXTS = ["the red circle", "all the squares on the left", "the big blue star and the small green heart",
+         "every shape but the triangles", "the purple elephant", "the circle next to the yellow cross"]
+
+
+def run_one(preset: str, repeats: int, threads: int, checkpoint: str | None) -> dict:
+    import numpy as np
+    import torch
+
+    sys.path.insert(0, str(ROOT))
+    from mabp import build_mabp
+    from mabp.predictor import MABPPredictor
+
+    torch.set_num_threads(threads)
+    t0 = time.perf_counter()
+    model = build_mabp(checkpoint=checkpoint) if checkpoint else build_mabp(preset)
+    build_s = time.perf_counter() - t0
+    pred = MABPPredictor(model)
+    rng = np.random.RandomState(0)
+    image = rng.randint(0, 255, (480, 640, 3)).astype(np.uint8)
+    # warm-up (first calls allocate and pick kernels)
+    pred.set_image(image)
+    pred.predict(TEXTS[0])
+    full, only, set_ms = [], [], []
+    for i in range(repeats):
+        t = time.perf_counter()
+        pred.set_image(image)
+        set_ms.append(pred.set_image_ms)
+        pred.predict(TEXTS[i % len(TEXTS)])
+        full.append((time.perf_counter() - t) * 1000)
+        # a new expression on the already-set image (cache cleared per text by using distinct texts)
+        t = time.perf_counter()
+        pred.predict(f"{TEXTS[(i + 1) % len(TEXTS)]} {i}")
+        only.append((time.perf_counter() - t) * 1000)
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return {
+        "preset": model.cfg.preset, "size": model.cfg.image_size, "threads": threads, "repeats": repeats,
+        "visual_cached": model.visual_cacheable(), "build_s": round(build_s, 2),
+        "set_image_ms": round(statistics.median(set_ms), 1),
+        "set_image_plus_predict_ms": round(statistics.median(full), 1),
+        "predict_ms": round(statistics.median(only), 1),
+        "peak_rss_mb": round(peak_mb, 0),
+        "params_m": round(sum(p.numel() for p in model.parameters()) / 1e6, 1),
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--presets", nargs="+", default=["lite", "paper"])
+    ap.add_argument("--repeats", type=int, default=10)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--checkpoint", default=None, help="benchmark this checkpoint instead of a preset")
+    ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.child:
+        print(json.dumps(run_one(args.child, args.repeats, args.threads, args.checkpoint)))
+        return
+    rows = []
+    targets = ["checkpoint"] if args.checkpoint else args.presets
+    for preset in targets:
+        cmd = [sys.executable, __file__, "--child", preset, "--repeats", str(args.repeats),
+               "--threads", str(args.threads)]
+        if args.checkpoint:
+            cmd += ["--checkpoint", args.checkpoint]
+        env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+        out = subprocess.run(cmd, capture_output=True, text=True, env=env, check=True)
+        rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
+    print("| preset | input | threads | visual pass cached | set_image + predict (ms) | predict alone (ms) "
+          "| peak RSS (MB) | params (M) |")
+    print("|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['preset']} | {r['size']}² | {r['threads']} | {r['visual_cached']} | "
+              f"{r['set_image_plus_predict_ms']} | {r['predict_ms']} | {r['peak_rss_mb']:.0f} | {r['params_m']} |")
+    print(json.dumps(rows))
+
+
+if __name__ == "__main__":
+    main()

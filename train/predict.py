@@ -1,0 +1,109 @@
+"""Segment what an expression refers to in one image, from the command line.
+
+    python -m train.predict --image photo.jpg --text "the two dogs on the left"
+    python -m train.predict --checkpoint run/best.pt --image scene.png --text "all circles" "the red star"
+
+Writes `<out>/<stem>-<n>.png` (overlay) and `<stem>-<n>-mask.png` per expression and prints one JSON
+line per expression (no_target, nt_prob, area fraction, truncation, latency).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+import time
+from pathlib import Path
+from typing import List, Optional
+
+DEFAULT_CHECKPOINT = Path(__file__).resolve().parents[1] / "assets" / "checkpoints" / "mabp-lite-synthgres.pt"
+
+
+def load_model(checkpoint: Optional[str], preset: Optional[str]):
+    from mabp import build_mabp
+
+    if checkpoint:
+        return build_mabp(checkpoint=checkpoint)
+    if preset:
+        print(f"note: preset {preset!r} with no checkpoint has an untrained decoder: masks are meaningless",
+              file=sys.stderr)
+        return build_mabp(preset)
+    if DEFAULT_CHECKPOINT.is_file():
+        return build_mabp(checkpoint=DEFAULT_CHECKPOINT)
+    raise SystemExit(f"error: no --checkpoint given and the shipped checkpoint {DEFAULT_CHECKPOINT} is missing; "
+                     "pass --checkpoint PATH or --preset lite")
+
+
+def read_image(path: str):
+    import cv2
+    import numpy as np
+
+    p = Path(path)
+    if not p.is_file():
+        raise SystemExit(f"error: image not found: {p}")
+    data = np.fromfile(str(p), dtype=np.uint8)
+    img = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
+    if img is None:
+        raise SystemExit(f"error: {p} is not an image OpenCV can decode (PNG, JPEG, BMP, TIFF, WebP ...)")
+    if img.ndim == 3 and img.shape[2] == 3:
+        img = cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+    elif img.ndim == 3 and img.shape[2] == 4:
+        img = cv2.cvtColor(img, cv2.COLOR_BGRA2RGBA)
+    return img
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--image", required=True)
+    ap.add_argument("--text", required=True, nargs="+", help="one or more expressions")
+    ap.add_argument("--checkpoint", help="an MABP checkpoint (default: the shipped lite checkpoint)")
+    ap.add_argument("--preset", help="build an untrained preset instead (for smoke tests)")
+    ap.add_argument("--threshold", type=float, default=None)
+    ap.add_argument("--nt-rule", choices=["first", "last", "any"], default=None)
+    ap.add_argument("--out", default="outputs/predict")
+    ap.add_argument("--threads", type=int, default=None)
+    args = ap.parse_args(argv)
+
+    import cv2
+    import numpy as np
+    import torch
+
+    from mabp.image_io import InputError
+    from mabp.predictor import MABPPredictor
+    from mabp.visualize import overlay_mask
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    image = read_image(args.image)
+    t0 = time.perf_counter()
+    predictor = MABPPredictor(load_model(args.checkpoint, args.preset))
+    load_s = time.perf_counter() - t0
+    try:
+        predictor.set_image(image)
+    except InputError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    out_dir = Path(args.out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stem = re.sub(r"[^A-Za-z0-9_-]+", "_", Path(args.image).stem)
+    rgb = predictor._image
+    status = 0
+    for n, text in enumerate(args.text):
+        try:
+            r = predictor.predict(text, threshold=args.threshold, nt_rule=args.nt_rule)
+        except InputError as exc:
+            print(json.dumps({"text": text, "error": str(exc)}))
+            status = 2
+            continue
+        overlay = overlay_mask(rgb, r.mask)
+        cv2.imwrite(str(out_dir / f"{stem}-{n}.png"), cv2.cvtColor(overlay, cv2.COLOR_RGB2BGR))
+        cv2.imwrite(str(out_dir / f"{stem}-{n}-mask.png"), r.mask.astype(np.uint8) * 255)
+        print(json.dumps({"text": r.text, "no_target": r.no_target, "nt_prob": round(r.nt_prob, 4),
+                          "area_fraction": round(r.area_fraction, 5), "truncated": r.truncated,
+                          "latency_ms": round(r.latency_ms, 1), "overlay": str(out_dir / f"{stem}-{n}.png")}))
+    print(f"model load {load_s:.1f} s, set_image {predictor.set_image_ms:.0f} ms", file=sys.stderr)
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())
