@@ -1,0 +1,501 @@
+"""Evaluate an MABP checkpoint on SynthGRES, gRefCOCO or RefCOCO/+/g with the official protocol (§4).
+
+    python -m train.evaluate --checkpoint runs/x/best.pt --dataset synthgres --split val
+    python -m train.evaluate --checkpoint C --dataset grefcoco --split val --root datasets
+    python -m train.evaluate --checkpoint C --dataset grefcoco --split val --root <a SynthGRES export>
+
+Protocol (reference §4, MABP's ReferEvaluator):
+- every (ref, sentence) pair is one sample;
+- the image is squashed (bilinear) to the model size S×S and the GT mask is resized to S×S with
+  NEAREST (MABP scores against the nearest-resized PNG; ReLA's polygon rasterisation is not used);
+- the predicted mask is sigmoid(final head logits upsampled bilinearly to S×S) > threshold;
+- "no target" is decided by the NT classifier only, combined over the heads by a rule (first / last /
+  any; default: the model config's `inference.nt_rule`);
+- the *un-zeroed* predicted mask is scored (a no-target prediction still inflates U), see
+  `mabp.metrics.GRESMeter`.
+
+The core is `evaluate_model(model, dataset, ...)`, also called by the training engine. Batches are
+collated by `collate_eval` here (no shared collate existed in `train/collate.py` when this was written).
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from mabp.metrics import (GRESMeter, format_breakdown, format_table, get_paper_row)
+from mabp.postprocess import NT_RULES, decide_no_target, nt_probabilities, postprocess
+from mabp.tokenizer import TextTokenizer
+from train.data import DATASET_NAMES, build_dataset
+from train.data.refer_common import DatasetError
+from train.data.transforms import resize_sample
+
+# Tag keys broken down when the dataset carries them (SynthGRES has all three; the real loaders only
+# "target", derived from the referred instances).
+BREAKDOWN_KEYS = ("target", "type", "nt_kind")
+ACC_FAMILIES = ("mabp-code", "rela")
+
+
+class EvalInputError(Exception):
+    """Bad command-line input (missing file, unknown split, impossible option). `main` turns it into a
+    one-line message and exit code 2."""
+
+
+# ---------------------------------------------------------------------------------------- data
+class _ModelSizeView(Dataset):
+    """A dataset view whose samples are squashed to the model's S×S (§4): image bilinear, GT nearest.
+
+    Done per sample (inside DataLoader workers when there are any) so samples of any size can be
+    stacked into one batch.
+    """
+
+    def __init__(self, dataset: Any, size: int, indices: Sequence[int]) -> None:
+        self.dataset = dataset
+        self.size = int(size)
+        self.indices = list(indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int) -> Dict[str, Any]:
+        index = self.indices[i]
+        s = self.dataset[index]
+        image, mask = np.asarray(s["image"]), np.asarray(s["mask"])
+        if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+            raise DatasetError(f"sample {index}: image must be (H, W, 3) uint8 RGB, got {image.shape} {image.dtype}")
+        if image.shape[:2] != (self.size, self.size):
+            image, mask, _ = resize_sample(image, mask.astype(bool), self.size, "squash")
+        out = dict(s)
+        out["image"], out["mask"], out["index"] = image, mask.astype(bool), int(index)
+        return out
+
+
+def collate_eval(samples: List[Dict[str, Any]]) -> Dict[str, Any]:
+    """Stack equally sized eval samples: images (B, 3, S, S) float 0..255, masks (B, S, S) bool,
+    no_target (B,) bool; sentences, tags and ids stay lists."""
+    images = torch.from_numpy(np.stack([s["image"] for s in samples])).permute(0, 3, 1, 2).float()
+    return {
+        "images": images.contiguous(),
+        "masks": torch.from_numpy(np.stack([s["mask"] for s in samples])),
+        "no_target": torch.tensor([bool(s["no_target"]) for s in samples]),
+        "sentences": [str(s["sentence"]) for s in samples],
+        "tags": [dict(s.get("tags") or {}) for s in samples],
+        "ids": [{"index": s["index"], "image_id": s.get("image_id"), "ref_id": s.get("ref_id"),
+                 "sent_id": s.get("sent_id")} for s in samples],
+    }
+
+
+# ---------------------------------------------------------------------------------------- helpers
+def _model_device(model: torch.nn.Module) -> torch.device:
+    try:
+        return next(model.parameters()).device
+    except StopIteration:  # pragma: no cover - MABP always has parameters
+        return torch.device("cpu")
+
+
+def _head_counts() -> Dict[str, int]:
+    return {"TP": 0, "FN": 0, "FP": 0, "TN": 0}
+
+
+def _nt_summary(c: Mapping[str, int]) -> Dict[str, Any]:
+    """No-target classification figures from TP/FN/FP/TN counts (positive class = no target)."""
+    tp, fn, fp, tn = c["TP"], c["FN"], c["FP"], c["TN"]
+    n = tp + fn + fp + tn
+
+    def pct(a: int, b: int) -> Optional[float]:
+        return None if b == 0 else 100.0 * a / b
+
+    return {"acc": pct(tp + tn, n), "N-acc": pct(tp, tp + fn), "T-acc": pct(tn, tn + fp),
+            "N-acc(MABP-code)": 100.0 * tp / (tp + fn + 1), "T-acc(MABP-code)": 100.0 * tp / (tp + fp + 1),
+            **dict(c), "n": n}
+
+
+def _json_safe(x: Any) -> Any:
+    """numpy scalars / tensors / tuples → plain JSON values; NaN → None (JSON has no NaN)."""
+    if isinstance(x, dict):
+        return {str(k): _json_safe(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_json_safe(v) for v in x]
+    if isinstance(x, np.generic):
+        x = x.item()
+    if isinstance(x, torch.Tensor):
+        return _json_safe(x.tolist())
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    return x
+
+
+# ---------------------------------------------------------------------------------------- core
+def evaluate_model(model: torch.nn.Module, dataset: Any, batch_size: int = 8, nt_rule: Optional[str] = None,
+                   threshold: Optional[float] = None, min_pixels: int = 0, limit: Optional[int] = None,
+                   device: Optional[str] = None, progress: bool = True, amp: bool = False,
+                   num_workers: int = 0, desc: str = "eval") -> Dict[str, Any]:
+    """Run the §4 evaluation of `model` on `dataset` (any dataset yielding the shared sample dict).
+
+    Args:
+        model: an `MABP` (uses `model.cfg.image_size`, `.text`, `.inference`).
+        dataset: samples {"image", "mask", "sentence", "no_target", "tags", ids...} of any size; they
+            are squashed to the model size S×S (image bilinear, GT nearest).
+        batch_size: samples per forward pass.
+        nt_rule: "first" / "last" / "any"; None = `model.cfg.inference.nt_rule`.
+        threshold: mask threshold on sigmoid probabilities; None = `model.cfg.inference.threshold`.
+        min_pixels: > 0 applies the paper-only rule (masks with fewer pixels at S×S count as no target);
+            0 (default) is the official protocol.
+        limit: evaluate only the first `limit` samples.
+        device: "cpu" / "cuda" / ...; None = where the model already is. The model is moved back and
+            its train/eval mode restored afterwards, so the training engine can call this mid-run.
+        progress: show a tqdm bar.
+        amp: fp16 autocast (CUDA only).
+        num_workers: DataLoader workers for image decoding (0 = in this process).
+        desc: progress-bar label.
+    Returns:
+        {"metrics": GRESMeter.compute(), "breakdowns": {tag key: {group: metrics}},
+         "per_head_nt": [per NT head accuracy figures], "per_rule": {rule: metrics},
+         "per_sample": [one dict per sample], "nt_rule", "threshold", "min_pixels", "eval_size", "n",
+         "wall_time_s", "samples_per_s", "device", "amp"}
+    """
+    from tqdm import tqdm
+
+    cfg = model.cfg
+    rule = nt_rule if nt_rule is not None else cfg.inference.nt_rule
+    if rule not in NT_RULES:
+        raise ValueError(f"nt_rule must be one of {NT_RULES}, got {rule!r}")
+    thr = float(threshold if threshold is not None else cfg.inference.threshold)
+    if not 0.0 < thr < 1.0:
+        raise ValueError(f"threshold must be strictly between 0 and 1 (a sigmoid probability), got {thr}")
+    if min_pixels < 0:
+        raise ValueError(f"min_pixels must be >= 0, got {min_pixels}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    n_total = len(dataset)
+    if limit is not None and limit < 1:
+        raise ValueError(f"limit must be >= 1, got {limit}")
+    n = min(n_total, limit) if limit is not None else n_total
+    if n == 0:
+        raise ValueError("the dataset has no samples to evaluate")
+
+    home = _model_device(model)
+    dev = torch.device(device) if device is not None else home
+    if amp and dev.type != "cuda":
+        raise ValueError("amp (fp16 autocast) is only supported on CUDA; drop it or use device='cuda'")
+    was_training = model.training
+    size = int(cfg.image_size)
+    tokenizer = TextTokenizer(cfg.text)
+    loader = DataLoader(_ModelSizeView(dataset, size, range(n)), batch_size=batch_size, shuffle=False,
+                        num_workers=num_workers, collate_fn=collate_eval, pin_memory=dev.type == "cuda")
+
+    meter = GRESMeter()
+    rule_meters: Dict[str, GRESMeter] = {}
+    head_counts: List[Dict[str, int]] = []
+    records: List[Dict[str, Any]] = []
+    model.to(dev).eval()
+    t0 = time.perf_counter()
+    try:
+        with torch.inference_mode(), tqdm(total=n, desc=desc, unit="sample", disable=not progress) as bar:
+            for step, batch in enumerate(loader):
+                images = batch["images"].to(dev, non_blocking=True)
+                tok = tokenizer(batch["sentences"])
+                ids, att = tok.input_ids.to(dev), tok.attention_mask.to(dev)
+                with torch.autocast("cuda", dtype=torch.float16, enabled=amp):
+                    out = model(images, ids, att)
+                nt_logits = [None if x is None else x.float() for x in out["nt_logits"]]
+                post = postprocess([m.float() for m in out["pred_masks"]], nt_logits, (size, size),
+                                   threshold=thr, nt_rule=rule, min_pixels=min_pixels, model_size=(size, size))
+                raw = post.raw_masks.cpu()
+                pred_nt = post.no_target.cpu()
+                gt = batch["masks"]
+                gt_nt = batch["no_target"]
+                meter.update_batch(raw, gt, pred_nt, gt_nt, tags=batch["tags"],
+                                   sample_ids=[d["index"] for d in batch["ids"]])
+
+                heads = [x for x in nt_logits if x is not None]
+                head_probs = nt_probabilities(heads).cpu() if heads else None
+                if heads:
+                    # The same decision for every rule (and the heads alone), so the first/last/any
+                    # difference is visible from one pass. min_pixels applies to all alike.
+                    small = (raw.flatten(1).sum(-1) < min_pixels) if min_pixels > 0 else torch.zeros_like(pred_nt)
+                    for r in NT_RULES:
+                        dec = decide_no_target(heads, r)[0].cpu() | small
+                        rule_meters.setdefault(r, GRESMeter()).update_batch(raw, gt, dec, gt_nt)
+                    if not head_counts:
+                        head_counts = [_head_counts() for _ in heads]
+                    for k, logit in enumerate(heads):
+                        vote = (logit.argmax(-1) == 1).cpu()
+                        c = head_counts[k]
+                        c["TP"] += int((vote & gt_nt).sum())
+                        c["FN"] += int((~vote & gt_nt).sum())
+                        c["FP"] += int((vote & ~gt_nt).sum())
+                        c["TN"] += int((~vote & ~gt_nt).sum())
+
+                nt_prob = post.nt_prob.float().cpu()
+                for b, ident in enumerate(batch["ids"]):
+                    records.append({**ident, "sentence": batch["sentences"][b],
+                                    "nt_prob": float(nt_prob[b]),
+                                    "nt_probs": [] if head_probs is None else [float(p) for p in head_probs[:, b]]})
+                bar.update(len(batch["ids"]))
+                if step % 25 == 0:  # compute() scans every sample so far: not on every batch
+                    bar.set_postfix(gIoU=f"{meter.compute()['gIoU']:.1f}", refresh=False)
+    finally:
+        model.train(was_training)
+        model.to(home)
+    wall = time.perf_counter() - t0
+
+    per_sample = []
+    for rec, m in zip(records, meter.per_sample()):
+        per_sample.append({**rec, "iou": m["iou"], "outcome": m["outcome"], "pred_nt": m["outcome"] in ("TP", "FP"),
+                           "gt_nt": m["outcome"] in ("TP", "FN"), "I": m["I"], "U": m["U"],
+                           "pred_pixels": m["pred_pixels"], "gt_pixels": m["gt_pixels"], "tags": m["tags"]})
+    tags = [r["tags"] for r in per_sample]
+    breakdowns = {key: meter.breakdown(key) for key in BREAKDOWN_KEYS
+                  if any(t.get(key) is not None for t in tags)}
+    if "nt_kind" in breakdowns:  # target samples have no nt_kind: their "None" group only repeats them
+        breakdowns["nt_kind"].pop("None", None)
+    return {
+        "metrics": meter.compute(),
+        "breakdowns": breakdowns,
+        "per_head_nt": [dict(_nt_summary(c), head=k) for k, c in enumerate(head_counts)],
+        "per_rule": {r: m.compute() for r, m in rule_meters.items()},
+        "per_sample": per_sample,
+        "nt_rule": rule,
+        "threshold": thr,
+        "min_pixels": int(min_pixels),
+        "eval_size": size,
+        "n": n,
+        "wall_time_s": wall,
+        "samples_per_s": n / wall if wall > 0 else None,
+        "device": str(dev),
+        "amp": bool(amp),
+    }
+
+
+# ---------------------------------------------------------------------------------------- reporting
+def _fmt(v: Any) -> str:
+    return "–" if v is None else (f"{v:.2f}" if isinstance(v, float) else str(v))
+
+
+def format_nt_heads(result: Mapping[str, Any]) -> str:
+    """Markdown: no-target accuracy of every NT head alone, then every combination rule."""
+    lines = ["| NT decision | acc | N-acc | T-acc | TP | FN | FP | TN |", "|---|" + "---:|" * 7]
+    for h in result["per_head_nt"]:
+        lines.append(f"| head {h['head']} alone | " + " | ".join(
+            _fmt(h[k]) for k in ("acc", "N-acc", "T-acc", "TP", "FN", "FP", "TN")) + " |")
+    for r, m in result["per_rule"].items():
+        acc = None if m["n"] == 0 else 100.0 * (m["TP"] + m["TN"]) / m["n"]
+        mark = " (used)" if r == result["nt_rule"] else ""
+        lines.append(f"| rule {r}{mark} | " + " | ".join(
+            _fmt(v) for v in (acc, m["N-acc"], m["T-acc"], m["TP"], m["FN"], m["FP"], m["TN"])) + " |")
+    rules = ", ".join(f"{r}: gIoU {_fmt(m['gIoU'])} / cIoU {_fmt(m['cIoU'])}" for r, m in result["per_rule"].items())
+    return ("\n".join(lines) + "\n\nN-acc = TP/(TP+FN), T-acc = TN/(TN+FP) (ReLA's formulas; positive = no "
+            f"target); heads ordered coarse → final. Metrics under each rule: {rules}.")
+
+
+def _paper_rows(dataset: str, split: str, split_by: Optional[str]) -> List[tuple]:
+    """(label, published row) pairs to show beside ours."""
+    key = dataset
+    if dataset == "refcocog" and split_by == "google":
+        key = "refcocog-google"
+    rows = []
+    row = get_paper_row(key, split)
+    if row is not None:
+        rows.append(("paper", row))
+    if dataset == "grefcoco":
+        readme = get_paper_row("grefcoco-readme", split)
+        if readme is not None:
+            rows.append(("README (rule any)", readme))
+    return rows
+
+
+def format_report(result: Mapping[str, Any], dataset: str, split: str, acc: str = "mabp-code",
+                  split_by: Optional[str] = None, paper: bool = True) -> str:
+    """The full printed report: paper-layout table (+ published rows), both accuracy families,
+    breakdowns, and the per-head no-target table."""
+    m = result["metrics"]
+    rows = _paper_rows(dataset, split, split_by) if paper else []
+    table = format_table(m, rows[0][1] if rows else None, acc=acc, nt_rule=result["nt_rule"])
+    if len(rows) > 1:
+        # format_table shows one published row; the others are spliced in as extra rows of the same layout.
+        lines = table.split("\n")
+        extra = [format_table(r, acc=acc, name=label).split("\n")[2] for label, r in rows[1:]]
+        table = "\n".join(lines[:4] + extra + lines[4:])
+    out = [f"## {dataset} {split} — n = {result['n']}, S = {result['eval_size']}, threshold {result['threshold']}, "
+           f"no-target rule '{result['nt_rule']}'" + (f", min_pixels {result['min_pixels']}" if result["min_pixels"] else ""),
+           "", table, "",
+           "Both accuracy families: "
+           f"MABP-code N-acc {_fmt(m['N-acc(MABP-code)'])}, T-acc {_fmt(m['T-acc(MABP-code)'])} "
+           "(TP/(TP+FN+1), TP/(TP+FP+1)); "
+           f"ReLA N-acc {_fmt(m['N-acc'])}, T-acc {_fmt(m['T-acc'])} (TP/(TP+FN), TN/(TN+FP)). "
+           f"Outcomes TP {m['TP']} FN {m['FN']} FP {m['FP']} TN {m['TN']}."]
+    titles = {"target": "By target tag", "type": "By expression type", "nt_kind": "By no-target kind"}
+    for key, bd in result["breakdowns"].items():
+        out += ["", f"### {titles.get(key, key)}", "", format_breakdown(bd, key=key)]
+    if result["per_head_nt"]:
+        out += ["", "### No-target decision per head and per rule", "", format_nt_heads(result)]
+    out += ["", f"{result['n']} samples in {result['wall_time_s']:.1f} s "
+            f"({_fmt(result['samples_per_s'])} samples/s) on {result['device']}."]
+    return "\n".join(out)
+
+
+def sha256_file(path: os.PathLike, chunk: int = 1 << 20) -> str:
+    """Hex sha256 of a file (streamed: checkpoints can be hundreds of MB)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(chunk), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def write_results(result: Mapping[str, Any], out_dir: os.PathLike, meta: Mapping[str, Any]) -> Dict[str, Path]:
+    """results.json (everything but the per-sample list, plus `meta`) and per_sample.jsonl."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    summary = {k: v for k, v in result.items() if k != "per_sample"}
+    summary.update(meta)
+    paths = {"results": out / "results.json", "per_sample": out / "per_sample.jsonl"}
+    with open(paths["results"], "w", encoding="utf-8") as f:
+        json.dump(_json_safe(summary), f, indent=2)
+    with open(paths["per_sample"], "w", encoding="utf-8") as f:
+        for rec in result["per_sample"]:
+            f.write(json.dumps(_json_safe(rec)) + "\n")
+    return paths
+
+
+# ---------------------------------------------------------------------------------------- CLI
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m train.evaluate",
+                                description="Evaluate an MABP checkpoint with the official GRES protocol (§4).")
+    p.add_argument("--checkpoint", required=True, help="checkpoint written by save_checkpoint (rebuilds the model)")
+    p.add_argument("--dataset", required=True, choices=DATASET_NAMES)
+    p.add_argument("--split", required=True, help="val / testA / testB / test / train")
+    p.add_argument("--root", default=None, help="dataset folder (gRefCOCO/RefCOCO layout or a SynthGRES export); "
+                   "default $MABP_DATASETS or ./datasets; not used by synthgres")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--nt-rule", choices=NT_RULES, default=None,
+                   help="no-target rule over the 4 NT heads (default: the checkpoint's inference.nt_rule)")
+    p.add_argument("--threshold", type=float, default=None, help="mask threshold (default: the checkpoint's, 0.5)")
+    p.add_argument("--min-pixels", type=int, default=0,
+                   help="paper-only rule: masks with fewer pixels count as no target (0 = official protocol)")
+    p.add_argument("--limit", type=int, default=None, help="evaluate only the first N samples")
+    p.add_argument("--out", default=None, help="output folder (default runs/eval/<ckpt-stem>-<dataset>-<split>/)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda[:i]")
+    p.add_argument("--amp", action="store_true", help="fp16 autocast (CUDA only)")
+    p.add_argument("--size", type=int, default=None,
+                   help="synthgres only: the generated canvas side (default 320, the benchmark); evaluation "
+                        "always happens at the model's S×S")
+    p.add_argument("--split-by", default=None, help="refs file variant (refcocog: umd or google)")
+    p.add_argument("--acc", choices=ACC_FAMILIES, default="mabp-code",
+                   help="which N-acc/T-acc formulas fill the table (both are in results.json)")
+    p.add_argument("--workers", type=int, default=0, help="DataLoader workers (image decoding)")
+    p.add_argument("--no-progress", action="store_true")
+    return p
+
+
+def _setup(args: argparse.Namespace):
+    """Validate the arguments, load the model and the dataset; EvalInputError for anything wrong."""
+    from mabp.registry import build_mabp, load_checkpoint
+
+    ckpt_path = Path(args.checkpoint)
+    if not ckpt_path.is_file():
+        raise EvalInputError(f"checkpoint not found: {ckpt_path} (pass the .pt file written by training)")
+    for name, val, lo in (("--batch-size", args.batch_size, 1), ("--limit", args.limit, 1),
+                          ("--min-pixels", args.min_pixels, 0), ("--workers", args.workers, 0),
+                          ("--size", args.size, 32)):
+        if val is not None and val < lo:
+            raise EvalInputError(f"{name} must be >= {lo}, got {val}")
+    if args.threshold is not None and not 0.0 < args.threshold < 1.0:
+        raise EvalInputError(f"--threshold must be strictly between 0 and 1, got {args.threshold}")
+    dev = args.device
+    try:
+        dev_t = torch.device(dev)
+    except RuntimeError:
+        raise EvalInputError(f"--device {dev!r} is not a device; use cpu or cuda[:i]") from None
+    if dev_t.type == "cuda" and not torch.cuda.is_available():
+        raise EvalInputError("--device cuda requested but CUDA is not available; use --device cpu")
+    if args.amp and dev_t.type != "cuda":
+        raise EvalInputError("--amp (fp16 autocast) needs --device cuda; drop --amp on CPU")
+    if args.size is not None and args.dataset != "synthgres":
+        raise EvalInputError(f"--size applies to synthgres only; {args.dataset} images are evaluated from their "
+                             "original resolution squashed to the model size")
+    try:
+        ckpt = load_checkpoint(ckpt_path)
+        model = build_mabp(checkpoint=ckpt)
+    except (FileNotFoundError, ValueError) as e:
+        raise EvalInputError(f"cannot use checkpoint {ckpt_path}: {e}") from None
+
+    kw: Dict[str, Any] = {}
+    if args.dataset == "synthgres":
+        from train.data.synthgres import SPLITS
+
+        if args.split not in SPLITS:
+            raise EvalInputError(f"SynthGRES has no split {args.split!r}; choose one of {tuple(SPLITS)}")
+        if args.root is not None:
+            raise EvalInputError("--root is not used by synthgres (generated on the fly); to evaluate a SynthGRES "
+                                 "export use --dataset grefcoco --root <export dir>")
+        if args.split == "train":
+            kw["length"] = args.limit or None
+    elif args.split_by is not None:
+        kw["split_by"] = args.split_by
+    root = args.root
+    if root is not None and not os.path.isdir(root):
+        raise EvalInputError(f"dataset root not found: {root} (pass --root with the dataset folder)")
+    try:
+        dataset = build_dataset(args.dataset, args.split, root=root, mode="eval", size=args.size, **kw)
+    except DatasetError as e:
+        raise EvalInputError(str(e)) from None
+    except (ValueError, FileNotFoundError) as e:
+        raise EvalInputError(f"cannot open {args.dataset} {args.split}: {e}") from None
+    if len(dataset) == 0:
+        raise EvalInputError(f"{args.dataset} {args.split} has no samples")
+    return ckpt_path, ckpt, model, dataset
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """CLI entry point; returns the exit code (0 ok, 2 bad input)."""
+    args = build_parser().parse_args(argv)
+    try:
+        ckpt_path, ckpt, model, dataset = _setup(args)
+    except EvalInputError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    rule = args.nt_rule or model.cfg.inference.nt_rule
+    src = "--nt-rule" if args.nt_rule else "the checkpoint's inference.nt_rule"
+    print(f"no-target rule: {rule} (from {src}); threshold "
+          f"{args.threshold if args.threshold is not None else model.cfg.inference.threshold}; "
+          f"model size {model.cfg.image_size}; {min(len(dataset), args.limit or len(dataset))} samples", flush=True)
+    try:
+        result = evaluate_model(model, dataset, batch_size=args.batch_size, nt_rule=args.nt_rule,
+                                threshold=args.threshold, min_pixels=args.min_pixels, limit=args.limit,
+                                device=args.device, progress=not args.no_progress, amp=args.amp,
+                                num_workers=args.workers, desc=f"{args.dataset} {args.split}")
+    except DatasetError as e:  # a file that went missing / is corrupt mid-run: still the data's fault
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(format_report(result, args.dataset, args.split, acc=args.acc, split_by=args.split_by))
+    out_dir = Path(args.out) if args.out else Path("runs") / "eval" / f"{ckpt_path.stem}-{args.dataset}-{args.split}"
+    meta = {
+        "checkpoint": str(ckpt_path.resolve()),
+        "checkpoint_sha256": sha256_file(ckpt_path)[:16],
+        "checkpoint_info": {k: ckpt[k] for k in ("step", "epoch", "iteration") if k in ckpt},
+        "dataset": args.dataset, "split": args.split, "root": args.root,
+        "model_config": model.cfg.to_dict(),
+        "args": vars(args),
+        "acc_table": args.acc,
+        "protocol": "MABP §4: image squashed bilinear to S×S, GT nearest to S×S, un-zeroed prediction scored, "
+                    "no-target from the NT heads only",
+    }
+    paths = write_results(result, out_dir, meta)
+    print(f"\nwrote {paths['results']} and {paths['per_sample']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
