@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from .image_io import DEFAULT_MAX_PIXELS, InputError, to_rgb_uint8
+from .introspect import DecoderRecorder, Introspection, build_introspection, head_query_counts
 from .postprocess import decide_no_target, nt_probabilities, postprocess
 from .tokenizer import TextTokenizer
 
@@ -116,11 +117,15 @@ class MABPPredictor:
         return text
 
     @torch.inference_mode()
-    def run_model(self, text: str) -> dict:
-        """Raw outputs for `text` on the current image (cached per text for threshold changes)."""
+    def run_model(self, text: str, record: bool = False) -> dict:
+        """Raw outputs for `text` on the current image (cached per text for threshold changes).
+
+        record=True runs the decoder under forward hooks (DecoderRecorder) and keeps the records; a
+        cached entry without records is recomputed once with them. Without it no hook exists.
+        """
         if self._tensor is None:
             raise InputError("No image is set: call set_image(image) first.")
-        if text in self._outputs:
+        if text in self._outputs and (not record or "records" in self._outputs[text]):
             self._outputs.move_to_end(text)
             return self._outputs[text]
         tok = self.tokenizer([text])
@@ -130,19 +135,30 @@ class MABPPredictor:
         lang = self.model.encode_text(ids, mask)
         feats = self.model.fuse(lang, mask, images=None if self._visual is not None else self._tensor,
                                 visual=self._visual)
-        out = self.model.forward_features(feats, lang, mask)
+        records = None
+        if record:
+            with DecoderRecorder(self.model) as rec:
+                out = self.model.forward_features(feats, lang, mask)
+            records = rec.records
+        else:
+            out = self.model.forward_features(feats, lang, mask)
         entry = {"outputs": out, "tok": tok, "model_ms": (time.perf_counter() - t0) * 1000}
+        if records is not None:
+            entry["records"] = records
         self._outputs[text] = entry
         while len(self._outputs) > self._cache_texts:
             self._outputs.popitem(last=False)
         return entry
 
     def predict(self, text: str, threshold: Optional[float] = None, nt_rule: Optional[str] = None,
-                min_pixels: Optional[int] = None) -> GRESResult:
+                min_pixels: Optional[int] = None, introspect: bool = False) -> GRESResult:
         """Segment what `text` refers to in the current image.
 
         threshold / nt_rule / min_pixels default to the model config's inference settings. Changing
         only these for a text already asked re-uses the cached model outputs (no model time).
+        introspect=True also returns `result.extras["introspection"]` (mabp.introspect.Introspection):
+        region grids, per-layer cross-attention over image and words, query-generator word weights and
+        the final per-region prototypes, collected by forward hooks that are removed after the call.
         """
         text = self.check_text(text)
         inf = self.cfg.inference
@@ -151,8 +167,8 @@ class MABPPredictor:
         min_pixels = inf.min_pixels if min_pixels is None else int(min_pixels)
         if not 0.0 < threshold < 1.0:
             raise InputError(f"The mask threshold must be between 0 and 1, got {threshold}.")
-        cached = text in self._outputs
-        entry = self.run_model(text)
+        cached = text in self._outputs and (not introspect or "records" in self._outputs[text])
+        entry = self.run_model(text, record=introspect)
         t0 = time.perf_counter()
         out, tok = entry["outputs"], entry["tok"]
         h, w = self._image.shape[:2]
@@ -161,6 +177,11 @@ class MABPPredictor:
         has_nt = any(n is not None for n in out["nt_logits"])
         nt_probs = nt_probabilities(out["nt_logits"])[:, 0].tolist() if has_nt else []
         head_masks = [(m[0].float().sigmoid() > threshold).cpu().numpy() for m in out["pred_masks"]]
+        extras = {}
+        if introspect:
+            extras["introspection"] = build_introspection(
+                entry["records"], out, tok.tokens[0], tok.attention_mask[0].tolist(), (h, w),
+                head_query_counts(self.cfg), threshold, self.cfg.decoder.layers_per_scale)
         post_ms = (time.perf_counter() - t0) * 1000
         return GRESResult(
             text=text,
@@ -177,6 +198,7 @@ class MABPPredictor:
             threshold=threshold,
             nt_rule=nt_rule,
             image_size=(h, w),
+            extras=extras,
         )
 
     def outputs_for(self, text: str) -> dict:

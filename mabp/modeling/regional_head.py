@@ -51,7 +51,10 @@ class WindowGeometry:
             r, c = divmod(q, self.n)
             y0 = r * self.win_h - self.pad_top
             x0 = c * self.win_w - self.pad_left
-            boxes.append([max(x0, 0), max(y0, 0), min(x0 + self.win_w, self.width), min(y0 + self.win_h, self.height)])
+            # clip to the map; a window made only of padding becomes an empty box at the border
+            bx0, by0 = min(max(x0, 0), self.width), min(max(y0, 0), self.height)
+            boxes.append([bx0, by0, max(bx0, min(x0 + self.win_w, self.width)),
+                          max(by0, min(y0 + self.win_h, self.height))])
         return torch.tensor(boxes, dtype=torch.long)
 
     def region_index(self, device: torch.device | None = None) -> torch.Tensor:
