@@ -14,8 +14,10 @@ Protocol (reference §4, MABP's ReferEvaluator):
 - the *un-zeroed* predicted mask is scored (a no-target prediction still inflates U), see
   `mabp.metrics.GRESMeter`.
 
-The core is `evaluate_model(model, dataset, ...)`, also called by the training engine. Batches are
-collated by `collate_eval` here (no shared collate existed in `train/collate.py` when this was written).
+The core is `evaluate_model(model, dataset, ...)`, also called by the training engine. Batches come
+from the engine's shared `train.collate.Collator`, which squashes image (bilinear) and GT (nearest) to
+S×S with `resize_sample`, exactly the §4 preprocessing, so training-time validation and this CLI see
+identical inputs.
 """
 from __future__ import annotations
 
@@ -27,18 +29,18 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence
+from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Subset
 
 from mabp.metrics import (GRESMeter, format_breakdown, format_table, get_paper_row)
 from mabp.postprocess import NT_RULES, decide_no_target, nt_probabilities, postprocess
 from mabp.tokenizer import TextTokenizer
+from train.collate import Collator
 from train.data import DATASET_NAMES, build_dataset
 from train.data.refer_common import DatasetError
-from train.data.transforms import resize_sample
 
 # Tag keys broken down when the dataset carries them (SynthGRES has all three; the real loaders only
 # "target", derived from the referred instances).
@@ -49,50 +51,6 @@ ACC_FAMILIES = ("mabp-code", "rela")
 class EvalInputError(Exception):
     """Bad command-line input (missing file, unknown split, impossible option). `main` turns it into a
     one-line message and exit code 2."""
-
-
-# ---------------------------------------------------------------------------------------- data
-class _ModelSizeView(Dataset):
-    """A dataset view whose samples are squashed to the model's S×S (§4): image bilinear, GT nearest.
-
-    Done per sample (inside DataLoader workers when there are any) so samples of any size can be
-    stacked into one batch.
-    """
-
-    def __init__(self, dataset: Any, size: int, indices: Sequence[int]) -> None:
-        self.dataset = dataset
-        self.size = int(size)
-        self.indices = list(indices)
-
-    def __len__(self) -> int:
-        return len(self.indices)
-
-    def __getitem__(self, i: int) -> Dict[str, Any]:
-        index = self.indices[i]
-        s = self.dataset[index]
-        image, mask = np.asarray(s["image"]), np.asarray(s["mask"])
-        if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
-            raise DatasetError(f"sample {index}: image must be (H, W, 3) uint8 RGB, got {image.shape} {image.dtype}")
-        if image.shape[:2] != (self.size, self.size):
-            image, mask, _ = resize_sample(image, mask.astype(bool), self.size, "squash")
-        out = dict(s)
-        out["image"], out["mask"], out["index"] = image, mask.astype(bool), int(index)
-        return out
-
-
-def collate_eval(samples: List[Dict[str, Any]]) -> Dict[str, Any]:
-    """Stack equally sized eval samples: images (B, 3, S, S) float 0..255, masks (B, S, S) bool,
-    no_target (B,) bool; sentences, tags and ids stay lists."""
-    images = torch.from_numpy(np.stack([s["image"] for s in samples])).permute(0, 3, 1, 2).float()
-    return {
-        "images": images.contiguous(),
-        "masks": torch.from_numpy(np.stack([s["mask"] for s in samples])),
-        "no_target": torch.tensor([bool(s["no_target"]) for s in samples]),
-        "sentences": [str(s["sentence"]) for s in samples],
-        "tags": [dict(s.get("tags") or {}) for s in samples],
-        "ids": [{"index": s["index"], "image_id": s.get("image_id"), "ref_id": s.get("ref_id"),
-                 "sent_id": s.get("sent_id")} for s in samples],
-    }
 
 
 # ---------------------------------------------------------------------------------------- helpers
@@ -190,9 +148,10 @@ def evaluate_model(model: torch.nn.Module, dataset: Any, batch_size: int = 8, nt
         raise ValueError("amp (fp16 autocast) is only supported on CUDA; drop it or use device='cuda'")
     was_training = model.training
     size = int(cfg.image_size)
-    tokenizer = TextTokenizer(cfg.text)
-    loader = DataLoader(_ModelSizeView(dataset, size, range(n)), batch_size=batch_size, shuffle=False,
-                        num_workers=num_workers, collate_fn=collate_eval, pin_memory=dev.type == "cuda")
+    subset = dataset if n == n_total else Subset(dataset, range(n))
+    # Sequential order (shuffle=False): the k-th sample seen is dataset index k, recorded as "index".
+    loader = DataLoader(subset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
+                        collate_fn=Collator(TextTokenizer(cfg.text), size), pin_memory=dev.type == "cuda")
 
     meter = GRESMeter()
     rule_meters: Dict[str, GRESMeter] = {}
@@ -204,8 +163,10 @@ def evaluate_model(model: torch.nn.Module, dataset: Any, batch_size: int = 8, nt
         with torch.inference_mode(), tqdm(total=n, desc=desc, unit="sample", disable=not progress) as bar:
             for step, batch in enumerate(loader):
                 images = batch["images"].to(dev, non_blocking=True)
-                tok = tokenizer(batch["sentences"])
-                ids, att = tok.input_ids.to(dev), tok.attention_mask.to(dev)
+                ids, att = batch["input_ids"].to(dev), batch["attention_mask"].to(dev)
+                b_size = images.shape[0]
+                first = len(records)
+                indices = list(range(first, first + b_size))
                 with torch.autocast("cuda", dtype=torch.float16, enabled=amp):
                     out = model(images, ids, att)
                 nt_logits = [None if x is None else x.float() for x in out["nt_logits"]]
@@ -213,10 +174,9 @@ def evaluate_model(model: torch.nn.Module, dataset: Any, batch_size: int = 8, nt
                                    threshold=thr, nt_rule=rule, min_pixels=min_pixels, model_size=(size, size))
                 raw = post.raw_masks.cpu()
                 pred_nt = post.no_target.cpu()
-                gt = batch["masks"]
+                gt = batch["gt_masks"] > 0.5  # the collator ships {0, 1} floats (training targets)
                 gt_nt = batch["no_target"]
-                meter.update_batch(raw, gt, pred_nt, gt_nt, tags=batch["tags"],
-                                   sample_ids=[d["index"] for d in batch["ids"]])
+                meter.update_batch(raw, gt, pred_nt, gt_nt, tags=batch["tags"], sample_ids=indices)
 
                 heads = [x for x in nt_logits if x is not None]
                 head_probs = nt_probabilities(heads).cpu() if heads else None
@@ -238,11 +198,13 @@ def evaluate_model(model: torch.nn.Module, dataset: Any, batch_size: int = 8, nt
                         c["TN"] += int((~vote & ~gt_nt).sum())
 
                 nt_prob = post.nt_prob.float().cpu()
-                for b, ident in enumerate(batch["ids"]):
-                    records.append({**ident, "sentence": batch["sentences"][b],
-                                    "nt_prob": float(nt_prob[b]),
+                for b in range(b_size):
+                    records.append({"index": indices[b], "sample_id": batch["sample_ids"][b],
+                                    "image_id": batch["image_ids"][b], "ref_id": batch["ref_ids"][b],
+                                    "sent_id": batch["sent_ids"][b], "sentence": batch["sentences"][b],
+                                    "truncated": bool(batch["truncated"][b]), "nt_prob": float(nt_prob[b]),
                                     "nt_probs": [] if head_probs is None else [float(p) for p in head_probs[:, b]]})
-                bar.update(len(batch["ids"]))
+                bar.update(b_size)
                 if step % 25 == 0:  # compute() scans every sample so far: not on every batch
                     bar.set_postfix(gIoU=f"{meter.compute()['gIoU']:.1f}", refresh=False)
     finally:
@@ -425,12 +387,6 @@ def _setup(args: argparse.Namespace):
     if args.size is not None and args.dataset != "synthgres":
         raise EvalInputError(f"--size applies to synthgres only; {args.dataset} images are evaluated from their "
                              "original resolution squashed to the model size")
-    try:
-        ckpt = load_checkpoint(ckpt_path)
-        model = build_mabp(checkpoint=ckpt)
-    except (FileNotFoundError, ValueError) as e:
-        raise EvalInputError(f"cannot use checkpoint {ckpt_path}: {e}") from None
-
     kw: Dict[str, Any] = {}
     if args.dataset == "synthgres":
         from train.data.synthgres import SPLITS
@@ -455,7 +411,19 @@ def _setup(args: argparse.Namespace):
         raise EvalInputError(f"cannot open {args.dataset} {args.split}: {e}") from None
     if len(dataset) == 0:
         raise EvalInputError(f"{args.dataset} {args.split} has no samples")
+    # The model last: a paper checkpoint takes seconds to load, so cheap input mistakes fail first.
+    try:
+        ckpt = load_checkpoint(ckpt_path)
+        model = build_mabp(checkpoint=ckpt)
+    except (FileNotFoundError, ValueError) as e:
+        raise EvalInputError(f"cannot use checkpoint {ckpt_path}: {e}") from None
     return ckpt_path, ckpt, model, dataset
+
+
+def _one_line(e: BaseException, limit: int = 500) -> str:
+    """An exception message on one line (torch.load's unpickling errors span many lines)."""
+    msg = " ".join(str(e).split())
+    return msg if len(msg) <= limit else msg[:limit] + " ..."
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -464,7 +432,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         ckpt_path, ckpt, model, dataset = _setup(args)
     except EvalInputError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {_one_line(e)}", file=sys.stderr)
         return 2
     rule = args.nt_rule or model.cfg.inference.nt_rule
     src = "--nt-rule" if args.nt_rule else "the checkpoint's inference.nt_rule"
@@ -477,7 +445,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                                 device=args.device, progress=not args.no_progress, amp=args.amp,
                                 num_workers=args.workers, desc=f"{args.dataset} {args.split}")
     except DatasetError as e:  # a file that went missing / is corrupt mid-run: still the data's fault
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {_one_line(e)}", file=sys.stderr)
         return 2
     print(format_report(result, args.dataset, args.split, acc=args.acc, split_by=args.split_by))
     out_dir = Path(args.out) if args.out else Path("runs") / "eval" / f"{ckpt_path.stem}-{args.dataset}-{args.split}"
