@@ -44,8 +44,7 @@ def _block_counts(sseed: int, block: int) -> tuple[int, ...]:
     rng = np.random.default_rng([sseed, block, _STREAM_BLOCK])
     counts = [EXPRESSIONS_PER_BLOCK // IMAGES_PER_BLOCK] * IMAGES_PER_BLOCK
     # Random pairwise transfers keep the sum fixed while spreading counts over [4, 8].
-    for _ in range(48):
-        i, j = (int(v) for v in rng.integers(IMAGES_PER_BLOCK, size=2))
+    for i, j in rng.integers(IMAGES_PER_BLOCK, size=(48, 2)).tolist():
         if i != j and counts[i] < MAX_EXPRESSIONS and counts[j] > MIN_EXPRESSIONS:
             counts[i] += 1
             counts[j] -= 1
@@ -96,7 +95,7 @@ class SynthGRES:
             raise ValueError("length must be positive")
         self.epoch = int(epoch)
         self.code = SPLIT_CODE[split]
-        self._cache: OrderedDict[int, tuple[Scene, list[Expression]]] = OrderedDict()
+        self._cache: OrderedDict[int, list] = OrderedDict()
         self._cache_size = max(1, int(cache_size))
 
     # -- indexing --------------------------------------------------------------------------------
@@ -147,7 +146,10 @@ class SynthGRES:
         return f"synthgres_{self.split}_{int(image_index):07d}.png"
 
     # -- content -------------------------------------------------------------------------------
-    def _entry(self, image_index: int) -> tuple[Scene, list[Expression]]:
+    def _entry(self, image_index: int) -> list:
+        """Cache slot [scene, expressions-or-None]; expressions are made lazily, so that scene-only
+        callers (tests, the app, statistics) skip the grammar.  Their seeds are independent, so the
+        result is the same either way."""
         image_index = int(image_index)
         hit = self._cache.get(image_index)
         if hit is not None:
@@ -155,12 +157,11 @@ class SynthGRES:
             return hit
         scene = generate_scene(np.random.default_rng([self.seed_value, image_index, _STREAM_SCENE]),
                                self.size, self.split)
-        exprs = generate_expressions(scene, np.random.default_rng([self.seed_value, image_index, _STREAM_EXPR]),
-                                     self.num_expressions(image_index), self.split)
-        self._cache[image_index] = (scene, exprs)
+        entry = [scene, None]
+        self._cache[image_index] = entry
         if len(self._cache) > self._cache_size:
             self._cache.popitem(last=False)
-        return scene, exprs
+        return entry
 
     def scene(self, image_index: int) -> Scene:
         """The Scene object of an image (objects, masks, background, rendering)."""
@@ -168,7 +169,11 @@ class SynthGRES:
 
     def expressions(self, image_index: int) -> list[Expression]:
         """The image's expressions (with meaning trees), in slot order."""
-        return self._entry(image_index)[1]
+        entry = self._entry(image_index)
+        if entry[1] is None:
+            rng = np.random.default_rng([self.seed_value, int(image_index), _STREAM_EXPR])
+            entry[1] = generate_expressions(entry[0], rng, self.num_expressions(image_index), self.split)
+        return entry[1]
 
     def sample(self, index: int) -> dict[str, Any]:
         """Sample at a stream index (train: any index >= 0; fixed splits: < 2,000).
@@ -183,8 +188,8 @@ class SynthGRES:
         if index < 0 or (self.split != "train" and index >= FIXED_SPLIT_LENGTH):
             raise IndexError(f"stream index {index} out of range for {self.split}")
         image_index, slot = self.locate(index)
-        scene, exprs = self._entry(image_index)
-        e = exprs[slot]
+        scene = self.scene(image_index)
+        e = self.expressions(image_index)[slot]
         rid = self.ref_id(index)
         return {
             "image": scene.image.copy(),  # a copy: callers may augment in place, the cache must survive
@@ -198,6 +203,25 @@ class SynthGRES:
             "sent_id": rid,
             "split": self.split,
         }
+
+    def grouped_order(self, seed: int = 0) -> list[int]:
+        """A shuffled order of 0..len-1 that keeps each image's samples together.
+
+        Pass it as a DataLoader sampler when a shuffled order is wanted: images come in random order,
+        but the scene cache still serves 4-8 consecutive samples per rendered scene (fully random
+        access renders a scene for nearly every sample, ~5x slower).  The train stream itself is
+        already random, so plain sequential order is fine too.
+        """
+        groups: dict[int, list[int]] = {}
+        base = self.epoch * self.length
+        for k in range(self.length):
+            groups.setdefault(self.locate(base + k)[0], []).append(k)
+        rng = np.random.default_rng([int(seed), self.epoch, 0x0D0E])
+        out: list[int] = []
+        for i in rng.permutation(sorted(groups)):
+            g = groups[int(i)]
+            out.extend(g[int(j)] for j in rng.permutation(len(g)))
+        return out
 
     def num_images(self) -> int:
         """Number of images touched by samples [epoch*len, (epoch+1)*len)."""

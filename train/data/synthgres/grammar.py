@@ -127,7 +127,7 @@ _NT_TYPES = {
 }
 # Requested shares are tilted towards absent combinations because scenes with few objects often
 # cannot host one (the fallback then moves to another kind); realised shares land near 50/30/20.
-_NT_KINDS = {"absent-combination": 0.56, "absent-attribute": 0.27, "spatial-contradiction": 0.17}
+_NT_KINDS = {"absent-combination": 0.53, "absent-attribute": 0.29, "spatial-contradiction": 0.18}
 
 BASE_PROFILE = Profile(
     category={"no-target": 0.15, "single": 0.55, "multi": 0.30},
@@ -232,14 +232,25 @@ class ExpressionGenerator:
         self.pairs = {o.pair for o in objs}
         self.used: set[str] = set()
         self._need_focus = False
+        self._plural: list[Filter] | None = None
 
     # -- small random helpers ------------------------------------------------------------------
     def _choice(self, items: list | tuple, weights: list[float] | None = None):
-        """Pick one item (weights optional)."""
+        """Pick one item (weights optional).
+
+        Uses one rng.random() draw instead of rng.integers / rng.choice: the grammar makes ~150
+        choices per scene and those calls are several times slower.
+        """
+        u = self.rng.random()
         if weights is None:
-            return items[int(self.rng.integers(len(items)))]
-        w = np.asarray(weights, dtype=np.float64)
-        return items[int(self.rng.choice(len(items), p=w / w.sum()))]
+            return items[min(int(u * len(items)), len(items) - 1)]
+        total = float(sum(weights))
+        acc = 0.0
+        for item, w in zip(items, weights):
+            acc += w
+            if u * total < acc:
+                return item
+        return items[-1]
 
     def _pick(self, table: dict[str, float]) -> str:
         keys = list(table)
@@ -296,6 +307,16 @@ class ExpressionGenerator:
     def _sets_with(self, cond: Callable[[Filter, frozenset[int]], bool]) -> list[Filter]:
         return [f for f in self.filter_list if cond(f, self.filters[f])]
 
+    def _plural_filters(self) -> list[Filter]:
+        """Filters matching >= 2 objects (memoised: the hottest query of the generators)."""
+        if self._plural is None:
+            self._plural = self._sets_with(lambda f, s: len(s) >= 2)
+        return self._plural
+
+    def _plural_with(self, cond: Callable[[Filter, frozenset[int]], bool]) -> list[Filter]:
+        """Filters matching >= 2 objects that also satisfy cond."""
+        return [f for f in self._plural_filters() if cond(f, self.filters[f])]
+
     def _focus_pick_filter(self, fl: list[Filter]) -> Filter:
         """Choose a filter, preferring ones whose set touches the focus when focus is needed."""
         if self._need_focus:
@@ -317,7 +338,7 @@ class ExpressionGenerator:
             w = [(3.0 if f.shape else 1.0) * (0.5 if f.n_attrs == 3 else 1.0) for f in fl]
             f = self._choice(fl, w)
             return _Draft("the " + self.core(f, False), Attr(f), _sg)
-        fl = self._sets_with(lambda f, s: len(s) >= 2 and target_category(self.scene, s) == want
+        fl = self._plural_with(lambda f, s: target_category(self.scene, s) == want
                              and (f.n_attrs > 0 or self.rng.random() < 0.3))
         if not fl:
             return None
@@ -326,7 +347,7 @@ class ExpressionGenerator:
         return _Draft(text, Attr(f), cnt)
 
     def _extreme_draft(self, exclude: frozenset[int] = frozenset()) -> _Draft | None:
-        fl = self._sets_with(lambda f, s: len(s) >= 2)
+        fl = self._plural_filters()
         if not fl:
             return None
         f = self._focus_pick_filter(fl)
@@ -372,7 +393,10 @@ class ExpressionGenerator:
         m = self.scene.margin
         rels = [r for r in ("left of", "right of", "above", "below") if directional(r, ot, oa, m)]
         if want == "single":
-            rels.append("next to")
+            nearest = min((o for o in self.scene.objects if o.index != a),
+                          key=lambda o: (o.cx - oa.cx) ** 2 + (o.cy - oa.cy) ** 2)
+            if nearest.index == t:
+                rels.append("next to")
         if not rels:
             return None
         rel = self._choice(rels)
@@ -399,7 +423,7 @@ class ExpressionGenerator:
             f = self._choice(self.unique[o])
             return _Draft("the " + self.core(f, False), Attr(f), _sg)
         if r < 0.75:
-            fl = self._sets_with(lambda f, s: len(s) >= 2 and not (s & exclude) and f.n_attrs > 0)
+            fl = self._plural_with(lambda f, s: not (s & exclude) and f.n_attrs > 0)
             if not fl:
                 return None
             f = self._focus_pick_filter(fl)
@@ -446,7 +470,7 @@ class ExpressionGenerator:
                 return f.shape is None and len(s) >= 3
             return True
 
-        fl = self._sets_with(base_ok)
+        fl = self._plural_with(base_ok)
         if not fl:
             return None
         fb = self._focus_pick_filter(fl)
@@ -500,7 +524,7 @@ class ExpressionGenerator:
             if want == "single" or self.rng.random() < 0.4:
                 f = Filter()
             else:
-                fl = self._sets_with(lambda f, s: len(s) >= 2 and f.n_attrs == 1 and f.size is None)
+                fl = self._plural_with(lambda f, s: f.n_attrs == 1 and f.size is None)
                 if not fl:
                     return None
                 f = self._focus_pick_filter(fl)
@@ -669,6 +693,28 @@ class ExpressionGenerator:
             return cat, self._pick(p.nt_kinds)
         return cat, None
 
+    def _feasible(self, want: str, kind: str | None) -> bool:
+        """Cheap necessary conditions, so that impossible wants are skipped instead of retried."""
+        shape_counts = [sum(o.shape == sh for o in self.scene.objects) for sh in self.shapes]
+        if want == "multi-same":
+            return max(shape_counts) >= 2
+        if want == "multi-mixed":
+            return len(self.shapes) >= 2
+        if kind == "absent-combination":
+            return (len(self.colours) * len(self.shapes) > len(self.pairs)
+                    or (len(self.sizes) == 2 and any(len(self.filters[Filter(s, c)]) < 2 or
+                                                     len({self.scene.objects[i].size for i in self.filters[Filter(s, c)]}) < 2
+                                                     for c, s in self.pairs)))
+        return True
+
+    def _fallback(self, want: str, kind: str | None) -> tuple[str, str | None]:
+        """Same family first: multi-same <-> multi-mixed, one no-target kind -> another."""
+        if want.startswith("multi"):
+            return ("multi-same" if want == "multi-mixed" else "multi-mixed"), None
+        if want == "no-target":
+            return want, self._pick({k: v for k, v in self.profile.nt_kinds.items() if k != kind})
+        return self._draw_want()
+
     def generate(self, n: int) -> list[Expression]:
         """n expressions (sentences unique within the image).
 
@@ -682,6 +728,8 @@ class ExpressionGenerator:
         for _ in range(n):
             self._need_focus = bool(self.focus) and self.rng.random() < self.profile.focus
             want, kind = self._draw_want()
+            if not self._feasible(want, kind):
+                want, kind = self._fallback(want, kind)
             typ = self._draw_type(want, kind)
             expr = None
             for attempt in range(1, 241):
@@ -689,10 +737,8 @@ class ExpressionGenerator:
                 if expr is not None:
                     break
                 if attempt % 80 == 0:
-                    if attempt == 80 and want.startswith("multi"):
-                        want = "multi-same" if want == "multi-mixed" else "multi-mixed"
-                    elif attempt == 80 and want == "no-target":
-                        kind = self._pick({k: v for k, v in self.profile.nt_kinds.items() if k != kind})
+                    if attempt == 80 and want != "single":
+                        want, kind = self._fallback(want, kind)
                     else:
                         self._need_focus = False  # give up on the testA focus before giving up at all
                         want, kind = self._draw_want()

@@ -5,7 +5,8 @@ Every expression is generated as a small tree of these nodes; its target set is 
 pinned definitions of the spec (cx, cy = centre of the full shape, m = 0.1 * min(W, H)):
 
 * "A left of B":  cx_A < cx_B - m  and  |cx_A - cx_B| > |cy_A - cy_B|  (right of / above / below alike)
-* "next to B":    the candidate nearest to B; the second nearest must be >= m farther
+* "next to B":    the object nearest to B (of any kind; the phrase's noun must then fit it); the
+                  second nearest object must be >= m farther
 * leftmost / top / "on the left" ...: the extreme candidate, at least m ahead of the next one
 * halves / corners: centre inside the half / quadrant and >= m/2 away from every dividing line
 
@@ -203,13 +204,18 @@ class Relation(Node):
             return Result(frozenset())
         b = scene.objects[next(iter(a.targets))]
         m = scene.margin
-        cands = [o for o in scene.objects if o.index != b.index and self.filt.matches(o)]
         if self.rel == "next to":
-            if not cands:
+            # "X next to B" = the object nearest to B (among *all* other objects), if it is an X.
+            # Taking the nearest X instead would let "the cross next to the circle" pick a cross on
+            # the far side of the canvas just because it is the only cross.
+            others = sorted((math.hypot(o.cx - b.cx, o.cy - b.cy), o.index) for o in scene.objects
+                            if o.index != b.index)
+            if not others:
                 return Result(frozenset())
-            dist = sorted((math.hypot(o.cx - b.cx, o.cy - b.cy), o.index) for o in cands)
-            ok = len(dist) == 1 or dist[1][0] - dist[0][0] >= m
-            return Result(frozenset({dist[0][1]}), ok)
+            ok = len(others) == 1 or others[1][0] - others[0][0] >= m
+            nearest = scene.objects[others[0][1]]
+            return Result(frozenset({nearest.index}) if self.filt.matches(nearest) else frozenset(), ok)
+        cands = [o for o in scene.objects if o.index != b.index and self.filt.matches(o)]
         hits = frozenset(o.index for o in cands if directional(self.rel, o, b, m))
         ok = not any(directional_doubtful(self.rel, o, b, m) for o in cands)
         return Result(hits, ok)
