@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field, fields, is_dataclass
-from typing import Any, Optional, Tuple
+from typing import Any, Optional, Tuple, Union
 
 
 @dataclass
@@ -86,6 +86,38 @@ class DecoderConfig:
     num_queries: int = 16  # 4x4 regions at the coarsest scale; x4 at each finer scale
     pre_norm: bool = False
     dropout: float = 0.0
+    # ---- ablation switches (paper Tables V and VI). The defaults are the full MABP; see
+    # mabp/variants.py for the validation and the exact meaning of every value.
+    # Initial queries: "generator" = text-conditioned query generator (full MABP);
+    # "random" = Mask2Former-style learnable query_feat repeated over the batch (no text
+    # conditioning; the language tokens are still langv_proj(words) * mask).
+    query_init: str = "generator"
+    # Decoder layers: "mmd" = mixed-modal layers (vision + language memory, joint self-attention);
+    # "ria_rla" = ReLA's RIA (vision-only masked cross-attention) + query-only self-attention + FFN,
+    # with the gated language cross-attention (RLA) at layer 0.
+    layer_type: str = "mmd"
+    # Mask heads: "rsh" = regional supervision heads (windowed per-query masks);
+    # "naive" = every query predicts a whole-image mask and the masks are aggregated.
+    head_type: str = "rsh"
+    # How the naive head aggregates the per-query logits: "max" (union of query masks; default),
+    # "mean", or "softmax" (learned query weights, ReLA's minimap without its supervision).
+    naive_aggregation: str = "max"
+    # Cross-attention mask: "auto" = "region" for mmd + rsh (official: own window OR predicted
+    # foreground), "global" otherwise (RIA: each query's own whole-image mask, sigmoid >= 0.5).
+    # "region" with ria_rla reproduces the authors' old_/referring_transformer_decoder-rla.py.
+    attn_mask: str = "auto"
+    # Memory of the layer-0 RLA (layer_type "ria_rla" only): "tokens" = the layer_embed-mixed
+    # language tokens (the authors' -rla file); "words" = a zero-initialised, bias-free
+    # Linear(Ct -> C) of the raw text-encoder words (ReLA main branch).
+    rla_input: str = "tokens"
+    rla_weight: float = 0.1  # X <- X + rla_weight * sigmoid(g) * RLA(X), g initialised to 0
+    # Supervision depth (Table VI). main: "full" (all heads), "last" (final head only) or an int k
+    # (the last k heads). nt: "full" (NT branch on every head), "last" (only the final head has
+    # one) or "none" (NT branch removed; inference uses the < 50 positive pixels rule).
+    main_supervision: Union[str, int] = "full"
+    nt_supervision: str = "full"
+    # ReLA baseline (arch "rela"): number of region queries, a square (10 x 10 in ReLA).
+    rela_num_queries: int = 100
 
 
 @dataclass
@@ -100,6 +132,11 @@ class LossConfig:
     pos_weight: float = 1.1
     nt_class_weights: Tuple[float, float] = (0.9, 1.1)  # (target, no-target)
     entropy_weighting: bool = True
+    # ReLA baseline criterion (arch "rela"): rela_mask * (CE_mask + rela_minimap * CE_minimap
+    # + rela_nt * CE_nt), each a class-weighted (nt_class_weights) 2-class cross-entropy.
+    rela_mask: float = 5.0
+    rela_minimap: float = 0.1
+    rela_nt: float = 0.1
 
 
 @dataclass
@@ -112,6 +149,9 @@ class InferenceConfig:
 @dataclass
 class MABPConfig:
     preset: str = "paper"
+    # "mabp" (the paper's model and its ablations) or "rela" (the ReLA baseline decoder on the same
+    # encoders and pixel decoder, reference §6.2).
+    arch: str = "mabp"
     image_size: int = 480
     # Per-channel normalisation in 0-255 space (ImageNet mean/std for Swin; 127/128 for EfficientNet-Lite).
     pixel_mean: Tuple[float, float, float] = (123.675, 116.280, 103.530)

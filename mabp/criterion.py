@@ -12,13 +12,14 @@ total = 5 * BCE_final + 5 * Dice_final + 0.5 * mean_s BCE_s + 0.5 * mean_s Dice_
 """
 from __future__ import annotations
 
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Union
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .config import LossConfig
+from .config import LossConfig, MABPConfig
+from .variants import supervised_heads
 
 
 def entropy_weight(logits: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
@@ -115,3 +116,21 @@ class MABPCriterion(nn.Module):
         losses["loss_nt"] = torch.stack(nt_terms).mean() if nt_terms else zero
         losses["loss"] = sum(self.weight_dict[k] * losses[k] for k in self.weight_dict)
         return losses
+
+
+def build_criterion(cfg: Union[MABPConfig, dict]) -> nn.Module:
+    """The criterion that trains a model built from `cfg` (pass `model.cfg`).
+
+    arch "mabp": MABPCriterion with the supervised heads derived from the ablation switches
+    (decoder.main_supervision -> main_heads, decoder.nt_supervision -> nt_heads; defaults = all heads,
+    the official loss). arch "rela": ReLACriterion (mabp/rela_criterion.py).
+    Both take forward(outputs, gt_masks (B, S, S), no_target (B,)) and return a dict with "loss".
+    """
+    if isinstance(cfg, dict):
+        cfg = MABPConfig.from_dict(cfg)
+    if cfg.arch == "rela":
+        from .rela_criterion import ReLACriterion  # imported here: rela_criterion is a sibling module
+
+        return ReLACriterion(cfg.loss)
+    main_heads, nt_heads = supervised_heads(cfg.decoder)
+    return MABPCriterion(cfg.loss, main_heads=main_heads, nt_heads=nt_heads)

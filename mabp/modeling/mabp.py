@@ -1,5 +1,6 @@
 """The MABP meta-architecture: text encoder -> language-fused visual encoder -> pixel decoder -> MABP
-decoder with deep supervision."""
+decoder with deep supervision. `cfg.arch = "rela"` swaps in the ReLA baseline decoder on the same
+encoders and pixel decoder."""
 from __future__ import annotations
 
 from typing import Dict, List, Optional
@@ -8,6 +9,7 @@ import torch
 from torch import nn
 
 from ..config import MABPConfig
+from ..variants import resolve_variant
 from .mabp_decoder import MABPDecoder
 from .pixel_decoder import MSDeformAttnPixelDecoder
 from .text_encoder import TextEncoder
@@ -26,16 +28,31 @@ def build_visual_encoder(cfg: MABPConfig, text_dim: int) -> nn.Module:
     raise ValueError(f"unknown visual encoder kind {kind!r}; expected 'swin' or 'efficientnet_lite0'")
 
 
+def build_decoder(cfg: MABPConfig, text_dim: int) -> nn.Module:
+    """The decoder of `cfg.arch`: MABPDecoder (with its ablation switches) or ReLADecoder."""
+    if cfg.arch == "rela":
+        from .rela_decoder import ReLADecoder
+
+        return ReLADecoder(cfg.decoder, text_dim, cfg.text.max_tokens)
+    return MABPDecoder(cfg.decoder, text_dim, cfg.text.max_tokens)
+
+
 class MABP(nn.Module):
     """Generalised referring segmentation with adaptive binding prototypes.
 
     forward(images (B, 3, S, S) float RGB in 0..255, input_ids (B, L), attention_mask (B, L)) ->
       {"pred_masks": [(B, S/32, S/32), (B, S/16, S/16), (B, S/8, S/8), (B, S/4, S/4)] logits,
-       "nt_logits": [4 x (B, 2)]} (class 1 = no target). Normalisation happens inside.
+       "nt_logits": [4 x (B, 2)]} (class 1 = no target; an entry is None for a head without an NT
+      branch). Normalisation happens inside.
+    With cfg.arch == "rela": {"pred_masks": [(B, S/4, S/4)], "nt_logits": [(B, 2)]} plus ReLA's own
+      "target_masks" (B, 2, S/4, S/4), "minimap" (B, Q, 2) and "all_masks" (B, Q, S/4, S/4).
+    The config is validated and completed first (mabp.variants.resolve_variant: e.g. removing the NT
+    branch sets inference.min_pixels = 50); `self.cfg` is the completed one.
     """
 
     def __init__(self, cfg: MABPConfig):
         super().__init__()
+        cfg = resolve_variant(cfg)
         self.cfg = cfg
         self.text_encoder = TextEncoder(cfg.text)
         text_dim = self.text_encoder.hidden_size
@@ -44,7 +61,7 @@ class MABP(nn.Module):
             raise ValueError("pixel_decoder.conv_dim and mask_dim must equal decoder.hidden_dim "
                              "(the official decoder has no input projection)")
         self.pixel_decoder = MSDeformAttnPixelDecoder(cfg.pixel_decoder, self.backbone.out_channels)
-        self.decoder = MABPDecoder(cfg.decoder, text_dim, cfg.text.max_tokens)
+        self.decoder = build_decoder(cfg, text_dim)
         self.register_buffer("pixel_mean", torch.tensor(cfg.pixel_mean).view(3, 1, 1), persistent=False)
         self.register_buffer("pixel_std", torch.tensor(cfg.pixel_std).view(3, 1, 1), persistent=False)
 

@@ -1,6 +1,10 @@
 """The MABP decoder ("predictor" in the official code): query generator, 9 mixed-modal layers over
 three scales (coarse -> fine, 3 layers each), query upsampling 16 -> 64 -> 256, regional supervision
 heads at every scale end, and the query FPN + final head at 1/4 (reference §1.5-§1.10).
+
+The paper's ablations (Tables V and VI) are switches of the same decoder (DecoderConfig.query_init,
+layer_type, head_type, attn_mask, nt_supervision; see mabp/variants.py); their defaults build the
+official model parameter for parameter.
 """
 from __future__ import annotations
 
@@ -11,11 +15,16 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..config import DecoderConfig
+from ..variants import attention_mask_kind, nt_branches, validate_decoder
 from .mixed_modal_layer import MixedModalLayer
+from .naive_head import NaiveAggregationHead
 from .position_encoding import PositionEmbeddingSine
 from .query_fpn import QueryFPN
 from .query_generator import QueryGenerator
+from .random_queries import RandomQueries
+from .region_language_attention import RegionLanguageAttention
 from .regional_head import RegionalSupervisionHead, window_geometry
+from .ria_rla_layer import RIARLALayer
 
 
 def upsample_queries(x: torch.Tensor) -> torch.Tensor:
@@ -58,45 +67,105 @@ def region_attention_mask(logits: torch.Tensor, num_queries: int, num_heads: int
     return blocked.repeat_interleave(num_heads, dim=0).detach()
 
 
+def global_attention_mask(query_logits: torch.Tensor, num_heads: int, num_tokens: int = 0) -> torch.Tensor:
+    """RIA / Mask2Former attention mask: each query attends to the pixels of its OWN whole-image mask
+    (sigmoid >= 0.5), with no window restriction; a query whose mask is empty gets its visual row
+    opened (Mask2Former's guard; without it a vision-only softmax would be all -inf -> NaN).
+    `num_tokens` language columns (MMD memory) are appended, never blocked.
+
+    query_logits (B, Q, H, W). Returns bool (B*heads, Q, H*W + num_tokens), True = blocked.
+    """
+    b, q = query_logits.shape[:2]
+    blocked = (query_logits.sigmoid() < 0.5).flatten(2)  # (B, Q, HW)
+    blocked = blocked & ~blocked.all(dim=-1, keepdim=True)
+    lang_cols = torch.zeros(b, q, num_tokens, dtype=torch.bool, device=query_logits.device)
+    blocked = torch.cat([blocked, lang_cols], dim=2)
+    return blocked.repeat_interleave(num_heads, dim=0).detach()
+
+
+def flatten_scales(feats: List[torch.Tensor], level_embed: nn.Embedding, pe_layer: nn.Module):
+    """Per scale: the flattened source + its level embedding and the sine positions, (HW, B, C) each."""
+    srcs, poss = [], []
+    for s, f in enumerate(feats):
+        srcs.append((f.flatten(2) + level_embed.weight[s][None, :, None]).permute(2, 0, 1))
+        poss.append(pe_layer(f).flatten(2).permute(2, 0, 1))
+    return srcs, poss
+
+
 class MABPDecoder(nn.Module):
     """Inputs: multi-scale features [f0 (1/32), f1 (1/16), f2 (1/8)] each (B, C, h_s, w_s);
     mask_features (B, C, H/4, W/4); word features lang (B, L, Ct); lang_mask (B, L).
 
     Returns {"pred_masks": [(B,h0,w0), (B,h1,w1), (B,h2,w2), (B,H/4,W/4)] logits,
              "nt_logits": [4 x (B, 2)] (class 1 = no target)} (NT entries None for heads without NT).
+
+    Switches (DecoderConfig; defaults = the official model):
+      query_init "random": RandomQueries instead of the query generator (same attribute name, so the
+        shared weights keep their keys); layer_type "ria_rla": RIARLALayer (vision-only RIA, RLA at
+        layer 0, query self-attention) instead of MixedModalLayer; head_type "naive":
+        NaiveAggregationHead instead of RegionalSupervisionHead; attn_mask: "region" (official) or
+        "global" (RIA) cross-attention masks; nt_supervision: which heads have an NT branch.
+    Layer 0 is unmasked in every variant (the official decoder and the authors' -rla file compute the
+    first mask after layer 0).
     """
 
     def __init__(self, cfg: DecoderConfig, text_dim: int, num_tokens: int, nt_heads: Optional[List[bool]] = None):
         super().__init__()
+        validate_decoder(cfg)
         self.cfg = cfg
         c = cfg.hidden_dim
         self.num_heads = cfg.num_heads
         self.num_tokens = num_tokens
         self.num_scales = cfg.num_scales
         self.layers_per_scale = cfg.layers_per_scale
+        self.layer_type = cfg.layer_type
+        self.mask_kind = attention_mask_kind(cfg)
         if cfg.num_layers != cfg.num_scales * cfg.layers_per_scale:
             raise ValueError("num_layers must equal num_scales * layers_per_scale (blockwise coarse->fine)")
         self.pe_layer = PositionEmbeddingSine(c // 2, normalize=True)
-        self.query_generator = QueryGenerator(cfg.num_queries, c, text_dim)
+        if cfg.query_init == "generator":
+            self.query_generator = QueryGenerator(cfg.num_queries, c, text_dim)
+        else:
+            self.query_generator = RandomQueries(cfg.num_queries, c, text_dim)
         self.query_embed = nn.Embedding(cfg.num_queries, c)  # query positional embedding
         self.lang_query_embed = nn.Embedding(num_tokens, c)  # language-token positional embedding
         self.level_embed = nn.Embedding(cfg.num_scales, c)
-        self.layers = nn.ModuleList(
-            MixedModalLayer(c, cfg.num_heads, cfg.ffn_dim, num_tokens, cfg.dropout) for _ in range(cfg.num_layers))
-        nt_heads = nt_heads if nt_heads is not None else [True] * (cfg.num_scales + 1)
+        if cfg.layer_type == "mmd":
+            self.layers = nn.ModuleList(
+                MixedModalLayer(c, cfg.num_heads, cfg.ffn_dim, num_tokens, cfg.dropout) for _ in range(cfg.num_layers))
+        else:
+            rla_text_dim = text_dim if cfg.rla_input == "words" else None
+            self.layers = nn.ModuleList(
+                RIARLALayer(c, cfg.num_heads, cfg.ffn_dim, num_tokens, cfg.dropout,
+                            rla=RegionLanguageAttention(c, cfg.num_heads, cfg.rla_weight, rla_text_dim, cfg.dropout)
+                            if i == 0 else None)  # ReLA's main branch: language attention at layer 0 only
+                for i in range(cfg.num_layers))
+        nt_heads = nt_heads if nt_heads is not None else nt_branches(cfg)
+        if len(nt_heads) != cfg.num_scales + 1:
+            raise ValueError(f"nt_heads needs {cfg.num_scales + 1} entries, got {len(nt_heads)}")
         queries = [cfg.num_queries * 4 ** s for s in range(cfg.num_scales)]
         queries.append(queries[-1])  # the final head uses the finest query grid
-        self.heads = nn.ModuleList(
-            RegionalSupervisionHead(c, q, num_tokens, with_nt=nt) for q, nt in zip(queries, nt_heads))
+        if cfg.head_type == "rsh":
+            heads = [RegionalSupervisionHead(c, q, num_tokens, with_nt=nt) for q, nt in zip(queries, nt_heads)]
+        else:
+            heads = [NaiveAggregationHead(c, q, num_tokens, with_nt=nt, aggregation=cfg.naive_aggregation)
+                     for q, nt in zip(queries, nt_heads)]
+        self.heads = nn.ModuleList(heads)
         self.query_fpn = QueryFPN(c, cfg.num_scales)
 
     def scale_inputs(self, feats: List[torch.Tensor]):
         """Flattened sources (+ level embedding) and sine positions per scale, (HW, B, C) each."""
-        srcs, poss = [], []
-        for s, f in enumerate(feats):
-            srcs.append((f.flatten(2) + self.level_embed.weight[s][None, :, None]).permute(2, 0, 1))
-            poss.append(self.pe_layer(f).flatten(2).permute(2, 0, 1))
-        return srcs, poss
+        return flatten_scales(feats, self.level_embed, self.pe_layer)
+
+    @torch.no_grad()
+    def attention_mask(self, x: torch.Tensor, head: nn.Module, feat: torch.Tensor) -> torch.Tensor:
+        """The cross-attention mask for the next layer from queries x (Q, B, C), that layer's scale
+        head and features (B, C, H, W). (B*heads, Q, HW [+ L for the MMD's language columns]), detached."""
+        tokens = self.num_tokens if self.layer_type == "mmd" else 0  # RIA's memory is vision only
+        if self.mask_kind == "region":
+            return region_attention_mask(head.mask_logits(x, feat), x.shape[0], self.num_heads, tokens)
+        query_logits = torch.einsum("bqc,bchw->bqhw", head.embed(x), feat)  # whole-image per-query masks
+        return global_attention_mask(query_logits, self.num_heads, tokens)
 
     def forward(self, feats: List[torch.Tensor], mask_features: torch.Tensor, lang: torch.Tensor,
                 lang_mask: torch.Tensor) -> Dict[str, list]:
@@ -112,9 +181,10 @@ class MABPDecoder(nn.Module):
 
         pred_masks, nt_logits, grids = [], [], []
         attn_mask = None  # layer 0 is unmasked
+        extra = {"words": lang} if self.layer_type == "ria_rla" else {}  # an RLA over raw words needs them
         for i, layer in enumerate(self.layers):
             s = i // self.layers_per_scale
-            x, lang_tokens = layer(x, query_pos, lang_tokens, lang_pos, srcs[s], poss[s], attn_mask)
+            x, lang_tokens = layer(x, query_pos, lang_tokens, lang_pos, srcs[s], poss[s], attn_mask, **extra)
             if (i + 1) % self.layers_per_scale == 0:  # end of scale s: supervised head, then upsample
                 logits, nt = self.heads[s](x, head_feats[s], lang_tokens)
                 pred_masks.append(logits)
@@ -125,9 +195,7 @@ class MABPDecoder(nn.Module):
                     query_pos = upsample_queries(query_pos)
             if i + 1 < len(self.layers):  # the mask for the next layer, at the scale it will use
                 s_next = (i + 1) // self.layers_per_scale
-                with torch.no_grad():
-                    map_logits = self.heads[s_next].mask_logits(x, head_feats[s_next])
-                attn_mask = region_attention_mask(map_logits, x.shape[0], self.num_heads, lang_tokens.shape[0])
+                attn_mask = self.attention_mask(x, self.heads[s_next], head_feats[s_next])
 
         final_queries = self.query_fpn(grids).flatten(2).permute(2, 0, 1)  # (Q_last, B, C)
         logits, nt = self.heads[-1](final_queries, mask_features, lang_tokens)
