@@ -444,7 +444,7 @@ def test_held_out_pairs_and_object_counts():
         scene = ta.scene(ta.locate(k)[0])
         mentioned = any(f"{c} {sh}" in s["sentence"] for c, sh in HELD_OUT_PAIRS)
         about += mentioned or any(scene.objects[i].pair in HELD_OUT_PAIRS for i in s["target_ids"])
-    assert about / 200 >= 0.6
+    assert about / 200 >= 0.85
 
 
 def test_non_square_canvas():

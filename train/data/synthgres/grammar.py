@@ -27,8 +27,7 @@ sentence is new for the image.  The target set is therefore always the resolver'
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from itertools import combinations
+from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
@@ -137,7 +136,7 @@ BASE_PROFILE = Profile(
     nt_kinds=_NT_KINDS,
     nt_types=_NT_TYPES,
 )
-TESTA_PROFILE = Profile(**{**BASE_PROFILE.__dict__, "focus": 0.75})
+TESTA_PROFILE = Profile(**{**BASE_PROFILE.__dict__, "focus": 0.95})
 # testB (clutter): relation / conjunction / exclusion are up-weighted.
 TESTB_PROFILE = Profile(
     category=BASE_PROFILE.category,
@@ -176,22 +175,27 @@ class _Draft:
 
 
 def _any_n(n: int) -> bool:
+    """Count rule of "everything ..." / exclusions: any non-empty set."""
     return n >= 1
 
 
 def _sg(n: int) -> bool:
+    """Singular "the X": exactly one."""
     return n == 1
 
 
 def _pl(n: int) -> bool:
+    """Plural / "all" / "every": at least two."""
     return n >= 2
 
 
 def _exact(k: int) -> Callable[[int], bool]:
+    """"both" / "the two|three|four": exactly k."""
     return lambda n: n == k
 
 
 def _nt(n: int) -> bool:
+    """No-target: empty."""
     return n == 0
 
 
@@ -253,6 +257,7 @@ class ExpressionGenerator:
         return items[-1]
 
     def _pick(self, table: dict[str, float]) -> str:
+        """Weighted choice of a key."""
         keys = list(table)
         return self._choice(keys, [table[k] for k in keys])
 
@@ -301,10 +306,12 @@ class ExpressionGenerator:
         return f"the {self.core(f, False)} {word}"
 
     def _region(self) -> str:
+        """A random half (55 %) or corner."""
         return self._choice(HALVES) if self.rng.random() < 0.55 else self._choice(CORNERS)
 
     # -- generators for positive expressions -------------------------------------------------
     def _sets_with(self, cond: Callable[[Filter, frozenset[int]], bool]) -> list[Filter]:
+        """Scene filters whose (filter, matched set) satisfy cond."""
         return [f for f in self.filter_list if cond(f, self.filters[f])]
 
     def _plural_filters(self) -> list[Filter]:
@@ -325,10 +332,8 @@ class ExpressionGenerator:
                 fl = hit
         return self._choice(fl)
 
-    def _mixed_ok(self, ids: frozenset[int], want: str) -> bool:
-        return target_category(self.scene, ids) == want
-
     def gen_attribute(self, want: str) -> _Draft | None:
+        """Attribute NP: "the big blue star", "both green shapes", "all triangles"."""
         if want == "single":
             o = self._pick_object()
             fl = self.unique[o]
@@ -347,6 +352,7 @@ class ExpressionGenerator:
         return _Draft(text, Attr(f), cnt)
 
     def _extreme_draft(self, exclude: frozenset[int] = frozenset()) -> _Draft | None:
+        """"the leftmost circle" / "the star at the top" among >= 2 candidates, disjoint from exclude."""
         fl = self._plural_filters()
         if not fl:
             return None
@@ -359,6 +365,7 @@ class ExpressionGenerator:
         return _Draft(self.extreme_phrase(f, side), node, _sg)
 
     def gen_position(self, want: str) -> _Draft | None:
+        """Absolute position (single only): an extreme phrase or a singular half/corner phrase."""
         if want != "single":
             return None
         if self.rng.random() < 0.6:
@@ -375,6 +382,7 @@ class ExpressionGenerator:
         return _Draft(f"the {self.core(f, False)} {self._choice(REGION_PHRASES[region])}", node, _sg)
 
     def _anchor(self, exclude: int | None = None) -> tuple[int, Filter] | None:
+        """A uniquely describable landmark object and one of its unique filters."""
         pool = [i for i in sorted(self.all) if i != exclude and self.unique[i]]
         if not pool:
             return None
@@ -384,6 +392,7 @@ class ExpressionGenerator:
         return a, f
 
     def gen_relation(self, want: str) -> _Draft | None:
+        """"the square left of the green circle": seeded by a target that does stand in the relation."""
         t = self._pick_object()
         anc = self._anchor(exclude=t)
         if anc is None:
@@ -432,6 +441,7 @@ class ExpressionGenerator:
         return self._extreme_draft(exclude)
 
     def gen_conjunction(self, want: str) -> _Draft | None:
+        """"A and B" with non-empty disjoint parts (multi only)."""
         if want == "single":
             return None
         p1 = self._part(frozenset())
@@ -451,6 +461,7 @@ class ExpressionGenerator:
         return _Draft(f"{p1.sentence} and {p2.sentence}", node, _pl)
 
     def _base_phrase(self, fb: Filter) -> str:
+        """Base of an exclusion: "everything", "all circles", "every red shape", ..."""
         if fb.n_attrs == 0:
             return self._choice(("everything", "all shapes", "all the shapes", "every shape"))
         r = self.rng.random()
@@ -461,6 +472,7 @@ class ExpressionGenerator:
         return "every " + self.core(fb, False)
 
     def gen_exclusion(self, want: str) -> _Draft | None:
+        """"all circles except the red one", "every shape but the stars", "... except the leftmost one"."""
         def base_ok(f: Filter, s: frozenset[int]) -> bool:
             if len(s) < 2:
                 return False
@@ -510,6 +522,7 @@ class ExpressionGenerator:
         return _Draft(f"{self._base_phrase(fb)} {conj} {excl_text}", node, _any_n)
 
     def gen_group(self, want: str) -> _Draft | None:
+        """"everything yellow", "everything small", "all the shapes on the right half"."""
         r = self.rng.random()
         if r < 0.3:
             c = self._choice(sorted(self.colours))
@@ -576,6 +589,7 @@ class ExpressionGenerator:
         raise ValueError(kind)
 
     def gen_no_target(self, kind: str, typ: str) -> _Draft | None:
+        """A no-target draft of the given kind rendered as the given type."""
         if kind == "spatial-contradiction":
             return self._spatial_contradiction(typ)
         f = self._absent_filter(kind)
@@ -610,6 +624,7 @@ class ExpressionGenerator:
         return None
 
     def _spatial_contradiction(self, typ: str) -> _Draft | None:
+        """Existing objects in the wrong place: "the star left of the red square" when it is right of it."""
         if typ == "relation":
             anc = self._anchor()
             if anc is None:
@@ -647,6 +662,7 @@ class ExpressionGenerator:
 
     # -- driver ----------------------------------------------------------------------------------
     def _about_focus(self, d: _Draft, targets: frozenset[int]) -> bool:
+        """testA: does the expression target or mention a held-out (colour, shape) pair?"""
         if targets & self.focus:
             return True
         return any(f.shape and f.colour and (f.colour, f.shape) in HELD_OUT_PAIRS for f in d.meaning.filters())
@@ -678,6 +694,7 @@ class ExpressionGenerator:
         return self._finalise(getattr(self, "gen_" + typ)(want), typ, want, None)
 
     def _draw_type(self, want: str, nt_kind: str | None) -> str:
+        """Type for a wanted category from the profile."""
         p = self.profile
         if want == "no-target":
             return self._pick(p.nt_types[nt_kind])  # type: ignore[index]
