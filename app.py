@@ -1,0 +1,63 @@
+"""MABP demo: `python app.py` serves the Gradio app on http://127.0.0.1:7860.
+
+    python app.py                                   # shipped lite checkpoint, CPU, 127.0.0.1:7860
+    python app.py --host 0.0.0.0 --port 8080 --threads 2
+    python app.py --checkpoint runs/paper-converted.pt   # a converted `paper` checkpoint loads the same way
+    MABP_CHECKPOINT=... GRADIO_SERVER_NAME=... GRADIO_SERVER_PORT=... python app.py
+
+The model is built ONCE, at import time (Hugging Face Spaces imports/runs this file and expects a
+module-level `demo`); the server starts only under `if __name__ == "__main__"`. Nothing is
+downloaded: the lite encoders come from installed packages, the decoder from the checkpoint. Without
+the shipped checkpoint the app still starts on the lite preset (untrained decoder) and says so in
+the log and in a banner on the page.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from typing import List, Optional
+
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no calls home at start
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+
+def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
+    """Flags win over the environment; the environment wins over the defaults."""
+    env = os.environ
+    ap = argparse.ArgumentParser(description="MABP Gradio demo")
+    ap.add_argument("--host", default=env.get("GRADIO_SERVER_NAME", "127.0.0.1"),
+                    help="interface to bind (env GRADIO_SERVER_NAME; default 127.0.0.1)")
+    ap.add_argument("--port", type=int, default=int(env.get("GRADIO_SERVER_PORT", "7860")),
+                    help="port (env GRADIO_SERVER_PORT; default 7860)")
+    ap.add_argument("--share", action="store_true", help="also open a public gradio.live link")
+    ap.add_argument("--checkpoint", default=env.get("MABP_CHECKPOINT"),
+                    help="MABP checkpoint (env MABP_CHECKPOINT; default assets/checkpoints/mabp-lite-synthgres.pt)")
+    ap.add_argument("--threads", type=int, default=int(env["MABP_THREADS"]) if env.get("MABP_THREADS") else None,
+                    help="torch CPU threads (env MABP_THREADS; default min(2, cores))")
+    ap.add_argument("--concurrency", type=int, default=2, help="events processed at once (queue limit)")
+    return ap.parse_args(argv)
+
+
+# Only the real command line is parsed: imported by Spaces, pytest or `gradio app.py`, sys.argv is theirs.
+ARGS = parse_args(sys.argv[1:] if __name__ == "__main__" else [])
+logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+log = logging.getLogger("mabp.app")
+
+import torch  # noqa: E402  (after the environment above)
+
+torch.set_num_threads(ARGS.threads or max(1, min(2, os.cpu_count() or 1)))
+
+from app.service import load_model  # noqa: E402
+from app.ui import create_app, launch_options  # noqa: E402
+
+LOADED = load_model(ARGS.checkpoint)
+if LOADED.notice:
+    log.warning("%s — serving %s", LOADED.notice, LOADED.source)
+demo = create_app(LOADED.predictor, notice=LOADED.notice, source=LOADED.source,
+                  concurrency_limit=ARGS.concurrency)
+
+if __name__ == "__main__":
+    demo.launch(**launch_options(ARGS.host, ARGS.port, ARGS.share))

@@ -1,0 +1,119 @@
+"""Reading what a user uploads into an RGB uint8 array, with a clear InputError for anything bad.
+
+Why not train.predict.read_image: it raises SystemExit (right for a CLI, fatal in a server thread)
+and decodes before it knows the size. Here the header is read first (Pillow opens lazily), so a
+12000 x 12000 upload, or a decompression bomb, is refused before a single pixel is decoded.
+
+Decision on huge images: REFUSE above the predictor's limit (mabp.image_io.DEFAULT_MAX_PIXELS, 40 MP)
+with a message that says the size and the limit. Downscaling silently would change the "original
+resolution" the mask is returned at, and decoding 144 MP just to shrink it costs ~0.5 GB per request.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import warnings
+from pathlib import Path
+from typing import Any, Tuple, Union
+
+import cv2
+import numpy as np
+
+from mabp.image_io import DEFAULT_MAX_PIXELS, InputError, to_rgb_uint8
+
+FORMATS_HINT = "PNG, JPEG, BMP, TIFF, WebP or GIF"
+
+
+def _exif_orientation(im: Any) -> int:
+    try:
+        return int(im.getexif().get(274, 1))  # 274 = Orientation
+    except Exception:  # a broken EXIF block is not worth refusing the image for
+        return 1
+
+
+def _apply_orientation(arr: np.ndarray, orientation: int) -> np.ndarray:
+    """Rotate/flip as EXIF says, so the mask lines up with what the browser shows."""
+    ops = {2: lambda a: a[:, ::-1], 3: lambda a: a[::-1, ::-1], 4: lambda a: a[::-1],
+           5: lambda a: np.swapaxes(a, 0, 1), 6: lambda a: np.rot90(a, -1), 7: lambda a: np.rot90(a, 1)[::-1],
+           8: lambda a: np.rot90(a, 1)}
+    op = ops.get(orientation)
+    return np.ascontiguousarray(op(arr)) if op else arr
+
+
+def decode_image_bytes(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, name: str = "the file") -> np.ndarray:
+    """Decode image bytes to (H, W, 3) uint8 RGB. Grayscale, RGBA (composited over white) and 16-bit
+    are converted by mabp.image_io.to_rgb_uint8. Raises InputError with a user-facing message."""
+    from PIL import Image, UnidentifiedImageError
+
+    if not data:
+        raise InputError(f"{name} is empty (0 bytes): upload an image ({FORMATS_HINT}).")
+    import io
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # DecompressionBombWarning: we check the size ourselves
+            im = Image.open(io.BytesIO(data))
+            w, h = im.size
+    except Image.DecompressionBombError:
+        raise InputError(f"{name} is far too large to open safely (over {Image.MAX_IMAGE_PIXELS * 2 / 1e6:.0f} MP); "
+                         f"the limit is {max_pixels / 1e6:.0f} MP. Downscale it and try again.") from None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
+        raise InputError(f"{name} is not an image this app can read (expected {FORMATS_HINT}), "
+                         "or the file is corrupted.") from None
+    if w * h > max_pixels:
+        raise InputError(f"The image is too large ({w}x{h} = {w * h / 1e6:.0f} MP; the limit is "
+                         f"{max_pixels / 1e6:.0f} MP). Downscale it and try again.")
+    if w == 0 or h == 0:
+        raise InputError(f"The image is empty ({w}x{h} pixels).")
+    orientation = _exif_orientation(im)
+    # OpenCV first: it keeps 16-bit PNG/TIFF as uint16 (Pillow flattens them to 32-bit ints "I").
+    arr = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
+    if arr is not None and arr.shape[:2] == (h, w):
+        if arr.ndim == 3 and arr.shape[2] == 3:
+            arr = cv2.cvtColor(arr, cv2.COLOR_BGR2RGB)
+        elif arr.ndim == 3 and arr.shape[2] == 4:
+            arr = cv2.cvtColor(arr, cv2.COLOR_BGRA2RGBA)
+    else:  # GIF, palette oddities, or a file OpenCV only half-read: let Pillow decode fully
+        try:
+            im.load()
+            mode = "RGBA" if im.mode in ("RGBA", "LA", "P", "PA") else "RGB"
+            arr = np.asarray(im.convert(mode))
+        except Exception:
+            raise InputError(f"{name} could not be decoded: the image data is truncated or corrupted.") from None
+    arr = _apply_orientation(arr, orientation)
+    return to_rgb_uint8(arr, max_pixels)
+
+
+def read_image_file(path: Union[str, os.PathLike], max_pixels: int = DEFAULT_MAX_PIXELS,
+                    max_bytes: int = 200 * 1024 * 1024) -> np.ndarray:
+    """Read an image file (see decode_image_bytes). Missing, unreadable or huge files -> InputError."""
+    p = Path(path)
+    if not p.is_file():
+        raise InputError("The uploaded file is missing on the server; upload it again.")
+    size = p.stat().st_size
+    if size > max_bytes:
+        raise InputError(f"The file is too large ({size / 2**20:.0f} MB; the limit is {max_bytes / 2**20:.0f} MB).")
+    return decode_image_bytes(p.read_bytes(), max_pixels, name="The file")
+
+
+def load_image(source: Any, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """A path, an array or a PIL image -> (H, W, 3) uint8 RGB; None -> InputError 'no image'."""
+    if source is None or (isinstance(source, str) and not source.strip()):
+        raise InputError("No image was given: upload an image, pick an example or make a random scene.")
+    if isinstance(source, dict) and "path" in source:  # a FileData-like dict from an API caller
+        source = source["path"]
+    if isinstance(source, (str, os.PathLike)):
+        return read_image_file(source, max_pixels)
+    return to_rgb_uint8(source, max_pixels)
+
+
+def image_digest(rgb: np.ndarray) -> str:
+    """Content key of a decoded image: the same picture uploaded twice re-uses the cached encoding."""
+    h = hashlib.blake2b(digest_size=16)
+    h.update(str(rgb.shape).encode())
+    h.update(np.ascontiguousarray(rgb).data)
+    return h.hexdigest()
+
+
+def size_of(rgb: np.ndarray) -> Tuple[int, int]:
+    return int(rgb.shape[0]), int(rgb.shape[1])

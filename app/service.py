@@ -1,0 +1,160 @@
+"""The app's model side: loading the checkpoint once, and one shared model serving many sessions.
+
+`SegmentService` wraps ONE model for every browser session and API caller:
+  * a lock around every model call. Two reasons: on 2 CPU cores two forward passes at once only
+    slow each other down, and introspection registers forward hooks on the shared model (a pass from
+    another thread running while the hooks are on would be recorded into the wrong result);
+  * a small LRU of MABPPredictors keyed by image content, all sharing the model: each keeps its own
+    encoded image and per-text outputs, so two users on two images do not re-encode each other's
+    image on every request, and a threshold change re-uses the cached outputs.
+Everything visual (overlays, charts) happens outside the lock.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Optional, Tuple
+
+import numpy as np
+
+from mabp.image_io import InputError
+from mabp.predictor import GRESResult, MABPPredictor
+
+from .inputs import image_digest, load_image
+
+log = logging.getLogger("mabp.app")
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_CHECKPOINT = ROOT / "assets" / "checkpoints" / "mabp-lite-synthgres.pt"
+UNTRAINED_NOTICE = "no trained checkpoint found: predictions are untrained"
+NT_RULES = ("first", "last", "any")
+
+ProgressFn = Callable[[float, str], None]
+
+
+@dataclass
+class LoadedModel:
+    """What app.py loaded, and how to describe it honestly in the UI."""
+
+    predictor: MABPPredictor
+    source: str  # checkpoint path, or "preset lite (untrained decoder)"
+    trained: bool
+    notice: Optional[str]  # shown as a banner when not None
+    load_s: float
+
+
+def resolve_checkpoint(cli_value: Optional[str] = None, env: Optional[dict] = None) -> Tuple[Optional[Path], bool]:
+    """(path, explicit): --checkpoint, else $MABP_CHECKPOINT, else the shipped lite checkpoint.
+
+    explicit=True means the user asked for that file: a missing one is an error, not a fallback.
+    """
+    env = os.environ if env is None else env
+    value = cli_value or env.get("MABP_CHECKPOINT") or None
+    if value:
+        return Path(value).expanduser(), True
+    return DEFAULT_CHECKPOINT, False
+
+
+def load_model(checkpoint: Optional[str] = None, fallback_preset: str = "lite", env: Optional[dict] = None,
+               device: str = "cpu") -> LoadedModel:
+    """Build the model once, on CPU. Nothing is downloaded: the lite preset's encoders come from
+    installed packages, and a checkpoint (ours or a converted `paper` one) rebuilds from its config.
+
+    The shipped checkpoint may not exist yet: then the lite preset (pretrained encoders, untrained
+    decoder) is used and the returned notice says so; app.py shows it and logs it.
+    """
+    from mabp import build_mabp
+
+    path, explicit = resolve_checkpoint(checkpoint, env)
+    t0 = time.perf_counter()
+    if path is not None and path.is_file():
+        model = build_mabp(checkpoint=path)
+        source, trained, notice = str(path), True, None
+    elif explicit:
+        raise FileNotFoundError(f"checkpoint not found: {path} (from --checkpoint or MABP_CHECKPOINT)")
+    else:
+        log.warning("%s (%s missing); using preset %r with an untrained decoder", UNTRAINED_NOTICE, path,
+                    fallback_preset)
+        model = build_mabp(fallback_preset)
+        source, trained = f"preset {fallback_preset} (pretrained encoders, untrained decoder)", False
+        notice = UNTRAINED_NOTICE
+    predictor = MABPPredictor(model, device=device)
+    load_s = time.perf_counter() - t0
+    log.info("model %s loaded in %.1f s (%s, %d px input)", source, load_s, model.cfg.preset, model.cfg.image_size)
+    return LoadedModel(predictor, source, trained, notice, load_s)
+
+
+class SegmentService:
+    """Thread-safe front of one shared model (see the module docstring)."""
+
+    def __init__(self, predictor: MABPPredictor, max_images: int = 4):
+        self.model = predictor.model
+        self.max_pixels = predictor.max_pixels
+        self.max_tokens = predictor.cfg.text.max_tokens if hasattr(predictor.cfg.text, "max_tokens") else None
+        self._template = predictor
+        self._lock = threading.Lock()
+        self._pool: "OrderedDict[str, MABPPredictor]" = OrderedDict()
+        self._max_images = max(1, int(max_images))
+        self.set_image_ms: dict = {}
+
+    # ------------------------------------------------------------------------------------- images
+    def load(self, source) -> Tuple[np.ndarray, str]:
+        """Decode/validate any image source -> (rgb, content digest). Raises InputError."""
+        rgb = load_image(source, self.max_pixels)
+        return rgb, image_digest(rgb)
+
+    def _predictor_for(self, rgb: np.ndarray, key: str, progress: Optional[ProgressFn]) -> Tuple[MABPPredictor, bool]:
+        """The predictor holding this image (encoding it on first use). Call with the lock held."""
+        pred = self._pool.get(key)
+        if pred is not None:
+            self._pool.move_to_end(key)
+            return pred, False
+        if progress:
+            progress(0.1, "encoding the image (once per image)")
+        # The first predictor is the one we were given; later ones share its model (and its device).
+        pred = self._template if not self._pool and not self._template.has_image else \
+            MABPPredictor(self.model, device=str(self._template.device), max_pixels=self.max_pixels)
+        pred.set_image(rgb)
+        self.set_image_ms[key] = pred.set_image_ms
+        self._pool[key] = pred
+        while len(self._pool) > self._max_images:
+            old_key, old = self._pool.popitem(last=False)
+            old.reset_image()
+            self.set_image_ms.pop(old_key, None)
+        return pred, True
+
+    def prepare(self, rgb: np.ndarray, key: str, progress: Optional[ProgressFn] = None) -> float:
+        """Encode the image now (e.g. right after an upload) so the first expression is fast."""
+        with self._lock:
+            pred, _ = self._predictor_for(rgb, key, progress)
+            return pred.set_image_ms
+
+    # ---------------------------------------------------------------------------------- predict
+    def predict(self, rgb: np.ndarray, key: str, text: str, threshold: Optional[float] = None,
+                nt_rule: Optional[str] = None, introspect: bool = False,
+                progress: Optional[ProgressFn] = None) -> GRESResult:
+        """Segment `text` on the image. Raises InputError for bad text/threshold/rule."""
+        text = MABPPredictor.check_text(text)
+        if nt_rule is not None and nt_rule not in NT_RULES:
+            raise InputError(f"Unknown no-target rule {nt_rule!r}: choose one of {', '.join(NT_RULES)}.")
+        if threshold is not None:
+            try:
+                threshold = float(threshold)
+            except (TypeError, ValueError):
+                raise InputError(f"The mask threshold must be a number between 0 and 1, got {threshold!r}.") from None
+            if not np.isfinite(threshold) or not 0.0 < threshold < 1.0:
+                raise InputError(f"The mask threshold must be between 0 and 1 (exclusive), got {threshold}.")
+        with self._lock:
+            pred, _ = self._predictor_for(rgb, key, progress)
+            if progress and introspect:
+                progress(0.5, "recording attention, word weights and prototypes")
+            return pred.predict(text, threshold=threshold, nt_rule=nt_rule, introspect=introspect)
+
+    def cached_texts(self, key: str) -> int:
+        pred = self._pool.get(key)
+        return 0 if pred is None else len(pred._outputs)

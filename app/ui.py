@@ -1,0 +1,571 @@
+"""The Gradio 6 demo: `create_app(predictor) -> gr.Blocks`. It only ARRANGES.
+
+Model math lives in mabp/ (predictor, introspection, clustering), scenes in train/data/synthgres,
+pictures in app/render.py (pure functions). This file wires components to those and keeps
+per-session state.
+
+Laziness: the Segmentation tab needs only the prediction. The other tabs need the introspection
+(a second decoder pass under forward hooks), computed the first time such a tab is looked at, or
+straight away when a new expression is asked while one is visible. Each tab is drawn only when it is
+selected, or when an input changes while it is visible (`render_tab` skips the hidden ones).
+
+Errors: bad input never raises out of a UI callback. The callback shows gr.Warning plus a red
+banner and returns empty outputs; the API endpoint /segment raises gr.Error(print_exception=False),
+which gradio_client receives as a clean error (no traceback on either side).
+
+No `from __future__ import annotations` here: Gradio reads the handlers' type hints at run time to
+inject gr.SelectData / gr.Progress, and string annotations would hide them.
+"""
+import json
+import logging
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Tuple
+
+import gradio as gr
+import numpy as np
+
+from mabp.image_io import InputError
+from mabp.introspect import Introspection, cluster_prototypes
+from mabp.predictor import GRESResult, MABPPredictor
+
+from . import render
+from .service import NT_RULES, SegmentService
+
+log = logging.getLogger("mabp.app")
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLES_DIR = ROOT / "assets" / "examples"
+MAX_TEXT_CHARS = 10_000  # longer than any sentence; stops a pasted book from reaching the tokenizer
+TABS = ("segmentation", "regions", "attention", "prototypes", "language")
+SCALE_CHOICES = [("4x4 · head 1 (1/32)", 0), ("8x8 · head 2 (1/16)", 1), ("16x16 · head 3 (1/8)", 2),
+                 ("16x16 · final head (1/4)", 3)]
+
+
+@dataclass
+class Session:
+    """What one browser session keeps between events (gr.State). The full-size image is NOT kept
+    here (it can be 40 MP): callbacks get the uploaded file path and the service caches the decode."""
+
+    key: Optional[str] = None  # content digest of the current image
+    display: Optional[np.ndarray] = None  # the image, downscaled for the analysis tabs
+    scale: float = 1.0  # display / original
+    size: Tuple[int, int] = (0, 0)  # original (H, W)
+    result: Optional[GRESResult] = None
+    info: Optional[Introspection] = None
+    clusters: Dict[int, Dict[str, Any]] = field(default_factory=dict)
+    point: Optional[Tuple[float, float]] = None  # selected point (x, y) in ORIGINAL pixels
+
+
+class SafeImage(gr.Image):
+    """gr.Image whose upload preprocessing turns an unreadable file into a clean gr.Error.
+
+    gr.Image(type="filepath") only opens the header with Pillow, but a corrupted or non-image file
+    fails right there, inside Gradio, before any callback can catch it; the user would get a bare
+    "Error" and the server log a traceback. `is_template` makes the frontend use the stock Image.
+    """
+
+    is_template = True
+
+    def preprocess(self, payload):  # noqa: D102 - same contract as gr.Image.preprocess
+        try:
+            return super().preprocess(payload)
+        except gr.Error:
+            raise
+        except Exception:
+            raise gr.Error("The uploaded file is not an image this app can read (PNG, JPEG, BMP, TIFF, WebP "
+                           "or GIF), or it is corrupted.", print_exception=False) from None
+
+
+def _no_progress(*_a, **_k) -> None:
+    return None
+
+
+def _progress_fn(progress: Any):
+    """Adapt gr.Progress to the service's (fraction, text) callback; never let it raise."""
+    def call(frac: float, desc: str) -> None:
+        try:
+            progress(frac, desc=desc)
+        except Exception:  # progress is cosmetic
+            pass
+    return call
+
+
+def load_examples(examples_dir: Path = EXAMPLES_DIR) -> Tuple[List[List[str]], List[str]]:
+    """Rows [image path, expression] and their labels from assets/examples/examples.json."""
+    manifest = examples_dir / "examples.json"
+    if not manifest.is_file():
+        return [], []
+    try:
+        data = json.loads(manifest.read_text())
+    except (OSError, ValueError) as exc:
+        log.warning("could not read %s: %s", manifest, exc)
+        return [], []
+    rows, labels = [], []
+    for item in data.get("examples", []):
+        path = examples_dir / item["file"]
+        if not path.is_file():
+            continue
+        for text in item.get("expressions", [])[:3]:
+            rows.append([str(path), text])
+            labels.append(f"{item.get('title', path.stem)}: {text}")
+    return rows, labels
+
+
+def scene_generator():
+    """SynthGRES's random_scene(seed, size) -> (image, scene, suggestions), or None if not installed."""
+    try:
+        from train.data.synthgres import random_scene
+    except Exception as exc:  # SynthGRES is optional for the app: the button then says so
+        log.warning("SynthGRES is not available (%s): the random-scene button is disabled", exc)
+        return None
+    return random_scene
+
+
+class DemoCallbacks:
+    """The event handlers, as plain methods so tests can call them on real arrays."""
+
+    def __init__(self, service: SegmentService, max_tokens: int = 20):
+        self.service = service
+        self.max_tokens = max_tokens
+        self.random_scene = scene_generator()
+
+    # ------------------------------------------------------------------------------ helpers
+    def _image(self, image: Any, session: Session, progress: Any = None) -> Tuple[np.ndarray, str, Session]:
+        """Decode the input image (InputError if bad) and start a fresh session when it changed."""
+        rgb, key = self.service.load(image)
+        if session is None or session.key != key:
+            display, scale = render.downscale(rgb)
+            h, w = rgb.shape[:2]
+            session = Session(key=key, display=display, scale=scale, size=(h, w), point=(w / 2.0, h / 2.0))
+        return rgb, key, session
+
+    @staticmethod
+    def _check_text(text: Any) -> str:
+        if isinstance(text, str) and len(text) > MAX_TEXT_CHARS:
+            raise InputError(f"The expression is too long ({len(text):,} characters; the limit is "
+                             f"{MAX_TEXT_CHARS:,}). The model reads only its first {20} tokens anyway.")
+        return MABPPredictor.check_text(text)
+
+    def _seg_outputs(self, session: Session, rgb: np.ndarray, r: GRESResult, cached: bool) -> list:
+        overlay = render.segmentation_overlay(rgb, r.mask)
+        tiles = render.head_mask_tiles(rgb if session.display is None else session.display, r.head_masks)
+        set_ms = self.service.set_image_ms.get(session.key)
+        latency = render.latency_text(r.latency_ms, set_ms, cached=cached)
+        trunc = render.truncation_note(r.tokens, r.num_tokens, self.max_tokens) if r.truncated else ""
+        banner = render.status_banner(r.no_target, r.nt_prob, r.area_fraction, r.nt_rule)
+        return [session, banner, overlay, tiles, latency, trunc]
+
+    @staticmethod
+    def _seg_error(session: Optional[Session], message: str) -> list:
+        gr.Warning(message)
+        if session is not None:
+            session.result, session.info, session.clusters = None, None, {}
+        return [session, render.status_banner(None, error=message), None, [], "", ""]
+
+    # ------------------------------------------------------------------------------ segment
+    def segment(self, image: Any, text: Any, threshold: float, nt_rule: str, tab: str,
+                session: Optional[Session], progress: gr.Progress = gr.Progress()) -> list:
+        """Run the model for (image, text); outputs: session, banner, overlay, head tiles, latency, note."""
+        try:
+            text = self._check_text(text)
+            rgb, key, session = self._image(image, session, progress)
+            introspect = tab not in (None, "segmentation")
+            prev = session.result
+            cached = prev is not None and prev.text == text
+            r = self.service.predict(rgb, key, text, threshold, nt_rule, introspect=introspect,
+                                     progress=_progress_fn(progress))
+            session.result = r
+            session.info = r.extras.get("introspection")
+            session.clusters = {}
+            return self._seg_outputs(session, rgb, r, cached)
+        except InputError as exc:
+            return self._seg_error(session, str(exc))
+        except Exception as exc:  # a bug, not bad input: keep the server up, log it for us
+            log.exception("segment failed")
+            return self._seg_error(session, f"Internal error ({type(exc).__name__}); see the server log.")
+
+    def prepare_image(self, image: Any, session: Optional[Session],
+                      progress: gr.Progress = gr.Progress()) -> list:
+        """On upload: validate and encode the image now, so typing the first expression is fast."""
+        if image is None:
+            return [Session(), render.status_banner(None), None, [], "", ""]
+        try:
+            rgb, key, session = self._image(image, session)
+            ms = self.service.prepare(rgb, key, _progress_fn(progress))
+            h, w = session.size
+            msg = f"Image ready ({w}x{h}); encoded in {ms:.0f} ms. Type what to segment."
+            banner = render.status_banner(None, message=msg)
+            return [session, banner, None, [], "", ""]
+        except InputError as exc:
+            return self._seg_error(Session(), str(exc))
+        except Exception as exc:
+            log.exception("prepare_image failed")
+            return self._seg_error(Session(), f"Internal error ({type(exc).__name__}); see the server log.")
+
+    # ------------------------------------------------------------------------------- tabs
+    def _ensure_info(self, image: Any, session: Session, progress: Any) -> Session:
+        r = session.result
+        if session.info is None and r is not None:
+            rgb, key, session = self._image(image, session)
+            full = self.service.predict(rgb, key, r.text, r.threshold, r.nt_rule, introspect=True,
+                                        progress=_progress_fn(progress))
+            session.result, session.info = full, full.extras.get("introspection")
+        return session
+
+    def render_tab(self, image: Any, tab: str, session: Optional[Session], scale_idx: Any, region: Any,
+                   layer: Any, k: Any, word: Any, progress: gr.Progress = gr.Progress()) -> list:
+        """Draw only the visible analysis tab; every other output is gr.skip().
+
+        Outputs: session, [region slider, region grid, similarity, caption], [attention map, word bars,
+        caption], [clusters, PCA, caption], [word dropdown, heat map, word map, caption].
+        """
+        outs: list = [gr.skip()] * 15
+        if tab not in TABS or tab == "segmentation":
+            return outs
+        if session is None or session.result is None:
+            msg = "Segment an expression first: this tab explains the last prediction."
+            idx = {"regions": 4, "attention": 7, "prototypes": 10, "language": 14}[tab]
+            outs[idx] = msg
+            return outs
+        try:
+            session = self._ensure_info(image, session, progress)
+        except InputError as exc:
+            gr.Warning(str(exc))
+            return outs
+        outs[0] = session
+        info = session.info
+        if info is None:
+            idx = {"regions": 4, "attention": 7, "prototypes": 10, "language": 14}[tab]
+            outs[idx] = "This model gives no introspection."
+            return outs
+        try:
+            if tab == "regions":
+                outs[1:5] = self.draw_regions(session, scale_idx, region)
+            elif tab == "attention":
+                outs[5:8] = self.draw_attention(session, layer)
+            elif tab == "prototypes":
+                outs[8:11] = self.draw_prototypes(session, k)
+            elif tab == "language":
+                outs[11:15] = self.draw_language(session, word)
+        except Exception as exc:  # drawing must never take the app down
+            log.exception("render_tab(%s) failed", tab)
+            gr.Warning(f"Could not draw the {tab} tab ({type(exc).__name__}).")
+        return outs
+
+    # The draw_* methods are pure given the session (no model call): tests call them directly.
+    @staticmethod
+    def _int(value: Any, default: int, lo: int, hi: int) -> int:
+        try:
+            v = int(round(float(value)))
+        except (TypeError, ValueError):
+            v = default
+        return int(min(max(v, lo), hi))
+
+    def draw_regions(self, session: Session, scale_idx: Any, region: Any) -> list:
+        info = session.info
+        s = self._int(scale_idx, 1, 0, len(info.scales) - 1)
+        sc = info.scales[s]
+        q = render.region_at(sc.boxes, *session.point)
+        disp_boxes = render.scale_boxes(sc.boxes, session.scale)
+        grid = render.region_grid(session.display, disp_boxes, sc.mask, highlight=q)
+        final = info.scales[-1]
+        caption = (f"**{sc.n}x{sc.n} regions** (head {s + 1}, map {sc.grid_hw[1]}x{sc.grid_hw[0]}). "
+                   f"Selected region {q} (row {q // sc.n}, col {q % sc.n}): "
+                   f"{100 * float(sc.share[q]):.0f}% of it predicted foreground by this head.")
+        sim = None
+        if info.similarity is not None:
+            j = render.region_at(final.boxes, *session.point)
+            sim = render.map_overlay(session.display, info.similarity[j],
+                                     box=render.scale_boxes(final.boxes, session.scale)[j])
+            caption += (f" Right: similarity of final region {j}'s prototype with every pixel's feature "
+                        f"(the prototype of the {final.n}x{final.n} window under the selection).")
+        slider = gr.Slider(minimum=0, maximum=len(sc.boxes) - 1, value=q, step=1)
+        return [slider, grid, sim, caption]
+
+    def draw_attention(self, session: Session, layer: Any) -> list:
+        info = session.info
+        if not info.layers:
+            return [None, None, "This model records no cross-attention."]
+        i = self._int(layer, 0, 0, len(info.layers) - 1)
+        la = info.layers[i]
+        boxes = next((sc.boxes for sc in info.scales if sc.n == la.n), info.scales[min(la.scale, len(info.scales) - 1)].boxes)
+        q = render.region_at(boxes, *session.point)
+        img = render.map_overlay(session.display, la.image[q], box=render.scale_boxes(boxes, session.scale)[q])
+        words = render.real_words(info.tokens, info.token_mask)
+        values = [float(la.language[q, j]) for j, _ in words]
+        bars = render.word_bar_chart([t for _, t in words], values,
+                                     title=f"layer {i}, query {q}: attention on each word")
+        img_mass = float(la.image[q].sum())
+        caption = (f"**Decoder layer {i}** (scale {la.scale}, {la.n}x{la.n} region queries, map "
+                   f"{la.grid_hw[1]}x{la.grid_hw[0]}). Query {q} puts {100 * img_mass:.0f}% of its "
+                   f"cross-attention on the image and {100 * (1 - img_mass):.0f}% on the words.")
+        return [img, bars, caption]
+
+    def draw_prototypes(self, session: Session, k: Any) -> list:
+        info = session.info
+        if info.prototypes is None:
+            return [None, None, "This model records no prototypes."]
+        k = self._int(k, 4, 1, 16)
+        if k not in session.clusters:
+            session.clusters[k] = cluster_prototypes(info.prototypes, k)
+        c = session.clusters[k]
+        final = info.scales[-1]
+        img = render.cluster_overlay(session.display, render.scale_boxes(final.boxes, session.scale),
+                                     c["labels"], c["k"])
+        j = render.region_at(final.boxes, *session.point)
+        scatter = render.pca_scatter(c["pca"], c["labels"], c["k"], highlight=j,
+                                     title=f"PCA of {len(c['labels'])} region prototypes, k = {c['k']}")
+        sil = "undefined (one cluster, or all prototypes identical)" if c["silhouette"] is None \
+            else f"{c['silhouette']:.3f}"
+        caption = (f"**KMeans on the final {final.n}x{final.n} region prototypes** (paper Fig. 7): "
+                   f"k = {c['k']}{' (reduced: fewer distinct prototypes)' if c['k'] != k else ''}, "
+                   f"silhouette = {sil}. The ringed point is the selected region ({j}).")
+        return [img, scatter, caption]
+
+    def draw_language(self, session: Session, word: Any) -> list:
+        info = session.info
+        if info.word_weights is None:
+            return [gr.skip(), None, None, "This model has no query generator word weights."]
+        words = render.real_words(info.tokens, info.token_mask)
+        valid = [i for i, _ in words]
+        w = self._int(word, valid[1] if len(valid) > 1 else valid[0], 0, len(info.tokens) - 1)
+        if w not in valid:
+            w = valid[1] if len(valid) > 1 else valid[0]
+        heat = render.word_weight_heatmap(info.word_weights, info.tokens, info.token_mask, highlight_word=w)
+        coarse = info.scales[0]
+        q = render.region_at(coarse.boxes, *session.point)
+        wmap = render.region_values_overlay(session.display, render.scale_boxes(coarse.boxes, session.scale),
+                                            info.word_weights[:, w], highlight=q)
+        dropdown = gr.Dropdown(choices=[(f"{i}: {t}", str(i)) for i, t in words], value=str(w))
+        caption = (f"**Query generator**: each of the {info.word_weights.shape[0]} region queries "
+                   f"({coarse.n}x{coarse.n} grid) is a weighted sum of the words with these raw, "
+                   f"un-normalised weights (red positive, blue negative). The map shows word "
+                   f"'{info.tokens[w]}' over the grid.")
+        return [dropdown, heat, wmap, caption]
+
+    # ------------------------------------------------------------------------- selections
+    def select_region(self, image: Any, tab: str, session: Optional[Session], scale_idx: Any, region: Any,
+                      layer: Any, k: Any, word: Any, progress: gr.Progress = gr.Progress()) -> list:
+        """The region slider moved: select that region's centre, then redraw the tab."""
+        if session is not None and session.info is not None:
+            s = self._int(scale_idx, 1, 0, len(session.info.scales) - 1)
+            boxes = session.info.scales[s].boxes
+            session.point = render.box_center(boxes, self._int(region, 0, 0, len(boxes) - 1))
+        return self.render_tab(image, tab, session, scale_idx, region, layer, k, word, progress)
+
+    def click_image(self, image: Any, tab: str, session: Optional[Session], scale_idx: Any, region: Any,
+                    layer: Any, k: Any, word: Any, evt: gr.SelectData,
+                    progress: gr.Progress = gr.Progress()) -> list:
+        """A click on an analysis image selects the point under it (display -> original pixels)."""
+        if session is not None and evt is not None and isinstance(evt.index, (list, tuple)) and len(evt.index) == 2:
+            x, y = evt.index
+            session.point = (float(x) / session.scale, float(y) / session.scale)
+        return self.render_tab(image, tab, session, scale_idx, region, layer, k, word, progress)
+
+    def set_tab(self, tab: str) -> str:
+        return tab if tab in TABS else "segmentation"
+
+    # --------------------------------------------------------------------------- scenes
+    def new_scene(self, seed: Any) -> list:
+        """A fresh SynthGRES scene and its suggested expressions. Outputs: image, seed, suggestions,
+        expression, session, banner."""
+        if self.random_scene is None:
+            gr.Warning("SynthGRES is not installed here, so no random scene can be made.")
+            return [gr.skip()] * 6
+        try:
+            s = int(seed) if seed not in (None, "") and np.isfinite(float(seed)) else random.randrange(1, 10**6)
+        except (TypeError, ValueError):
+            s = random.randrange(1, 10**6)
+        if s < 0:
+            s = -s
+        image, _scene, suggestions = self.random_scene(s, 320)
+        samples = [[sentence] for sentence, _ids, _tags in suggestions]
+        banner = render.status_banner(None, message=f"Random scene #{s}: click a suggested expression or type "
+                                      "your own.")
+        return [image, s, gr.Dataset(samples=samples), "", Session(), banner]
+
+    @staticmethod
+    def pick_suggestion(sample: Any) -> str:
+        if isinstance(sample, (list, tuple)) and sample:
+            return str(sample[0])
+        return "" if sample is None else str(sample)
+
+    # ---------------------------------------------------------------------------- API
+    def api_segment(self, image: Any, text: Any, threshold: Optional[float] = None) -> Tuple[np.ndarray, dict]:
+        """/segment: (image file, text, threshold) -> (mask PNG, JSON). Bad input -> clean gr.Error."""
+        try:
+            text = self._check_text(text)
+            rgb, key = self.service.load(image)
+            r = self.service.predict(rgb, key, text, threshold)
+        except InputError as exc:
+            raise gr.Error(str(exc), print_exception=False) from None
+        except Exception as exc:
+            log.exception("/segment failed")
+            raise gr.Error(f"Internal error ({type(exc).__name__}).", print_exception=False) from None
+        mask = r.mask.astype(np.uint8) * 255
+        info = {"no_target": r.no_target, "nt_prob": round(float(r.nt_prob), 6),
+                "area_fraction": round(float(r.area_fraction), 6), "latency_ms": round(float(r.latency_ms), 2),
+                "truncated": r.truncated, "height": int(mask.shape[0]), "width": int(mask.shape[1]),
+                "threshold": r.threshold, "nt_rule": r.nt_rule}
+        return mask, info
+
+
+def _about(source: str) -> str:
+    return ("## MABP — segment whatever a sentence refers to\n"
+            "One object, several, or none at all (generalized referring expression segmentation, "
+            "Li et al., *Bring Adaptive Binding Prototypes to GRES*). Model: `" + source + "`.")
+
+
+def notice_html(notice: Optional[str]) -> str:
+    if not notice:
+        return ""
+    return ('<div id="mabp-notice" style="padding:8px 12px;border-radius:8px;border:1px solid #b36b00;'
+            'background:#fff4e0;color:#7a4600;font-weight:600">&#9888; ' + notice + "</div>")
+
+
+def create_app(predictor: MABPPredictor, notice: Optional[str] = None, source: Optional[str] = None,
+               examples_dir: Path = EXAMPLES_DIR, max_images: int = 4,
+               concurrency_limit: int = 2) -> gr.Blocks:
+    """Build the demo around a ready predictor (lite checkpoint in app.py, a tiny model in tests).
+
+    notice: shown in a banner at the top (app.py passes "no trained checkpoint found ..." when it
+    fell back to the untrained lite preset). Call `.launch()` on the result; the queue is set here.
+    """
+    service = SegmentService(predictor, max_images=max_images)
+    cb = DemoCallbacks(service, max_tokens=predictor.cfg.text.max_tokens)
+    inf = predictor.cfg.inference
+    rows, labels = load_examples(examples_dir)
+    source = source or f"preset {predictor.cfg.preset}"
+
+    with gr.Blocks(title="MABP — generalized referring segmentation", delete_cache=(1800, 3600)) as demo:
+        demo.mabp_callbacks = cb  # tests and benchmarks reach the handlers through the app
+        session = gr.State(None, time_to_live=3600)
+        tab_state = gr.State("segmentation")
+        gr.Markdown(_about(source))
+        gr.HTML(notice_html(notice), visible=bool(notice), elem_id="notice-box")
+        with gr.Row():
+            with gr.Column(scale=1, min_width=320):
+                image = SafeImage(label="Image", type="filepath", image_mode=None, format="png",
+                                  sources=["upload", "clipboard"], height=340, elem_id="input-image")
+                with gr.Row():
+                    seed = gr.Number(label="Scene seed (empty = random)", value=None, precision=0, scale=2,
+                                     minimum=0)
+                    scene_btn = gr.Button("New random scene", scale=1, interactive=cb.random_scene is not None)
+                suggestions = gr.Dataset(components=[gr.Textbox(visible=False)], samples=[],
+                                         label="Suggested expressions (click to use)", type="values",
+                                         elem_id="suggestions")
+                with gr.Row():
+                    text = gr.Textbox(label="Expression (Enter to segment)", lines=1, max_lines=3, scale=4,
+                                      placeholder="e.g. the two red circles / everything but the stars",
+                                      elem_id="expression")
+                    run = gr.Button("Segment", variant="primary", scale=1, elem_id="run")
+                threshold = gr.Slider(0.01, 0.99, value=float(inf.threshold), step=0.01, label="Mask threshold",
+                                      elem_id="threshold")
+                nt_rule = gr.Radio(list(NT_RULES), value=inf.nt_rule, label="No-target rule",
+                                   info="first: head 1 (paper numbers) · last: final head · any: any head says none",
+                                   elem_id="nt-rule")
+                k = gr.Slider(2, 12, value=4, step=1, label="Prototype clusters k (Prototypes tab)")
+            with gr.Column(scale=2, min_width=480):
+                banner = gr.HTML(render.status_banner(None), elem_id="status")
+                with gr.Tabs(selected="segmentation"):
+                    with gr.Tab("Segmentation", id="segmentation") as t_seg:
+                        overlay = gr.Image(label="Mask on the original image", format="png", interactive=False,
+                                           elem_id="overlay", height=420)
+                        heads = gr.Gallery(label="Every supervised head (coarse → fine)", columns=4, height=200,
+                                           interactive=False, elem_id="heads")
+                        latency = gr.Markdown(elem_id="latency")
+                        trunc = gr.Markdown(elem_id="truncation")
+                    with gr.Tab("Regions", id="regions") as t_reg:
+                        with gr.Row():
+                            scale_idx = gr.Radio(SCALE_CHOICES, value=1, label="Region grid", scale=2)
+                            region = gr.Slider(0, 63, value=0, step=1, label="Region (or click the image)", scale=1)
+                        with gr.Row():
+                            reg_img = gr.Image(label="Regions and their part of the mask", format="png",
+                                               interactive=False, elem_id="regions-img")
+                            reg_sim = gr.Image(label="Prototype similarity", format="png", interactive=False)
+                        reg_md = gr.Markdown()
+                    with gr.Tab("Attention", id="attention") as t_att:
+                        layer = gr.Slider(0, 8, value=0, step=1, label="Decoder layer")
+                        with gr.Row():
+                            att_img = gr.Image(label="Cross-attention of the selected region query (click to select)",
+                                               format="png", interactive=False)
+                            att_bar = gr.Image(label="Attention on each word", format="png", interactive=False)
+                        att_md = gr.Markdown()
+                    with gr.Tab("Prototypes", id="prototypes") as t_pro:
+                        with gr.Row():
+                            pro_img = gr.Image(label="Region prototypes by cluster", format="png", interactive=False)
+                            pro_pca = gr.Image(label="PCA", format="png", interactive=False)
+                        pro_md = gr.Markdown()
+                    with gr.Tab("Language", id="language") as t_lang:
+                        word = gr.Dropdown(choices=[], label="Word", allow_custom_value=True)
+                        lang_heat = gr.Image(label="Word weights per region query", format="png", interactive=False)
+                        lang_map = gr.Image(label="The word's weight on the 4x4 region grid", format="png",
+                                            interactive=False)
+                        lang_md = gr.Markdown()
+        if rows:
+            examples = gr.Examples(examples=rows, inputs=[image, text], cache_examples=False, label="Examples",
+                                   examples_per_page=12, example_labels=labels)
+        else:
+            examples = None
+
+        # Hidden flow behind the lean API endpoint /segment (a file in, mask PNG + JSON out).
+        with gr.Column(visible=False):
+            api_image = gr.File(label="image", type="filepath")
+            api_text = gr.Textbox(label="text")
+            api_threshold = gr.Number(label="threshold", value=float(inf.threshold))
+            api_mask = gr.Image(label="mask", format="png", type="numpy")
+            api_json = gr.JSON(label="result")
+            api_btn = gr.Button("segment")
+        api_btn.click(cb.api_segment, [api_image, api_text, api_threshold], [api_mask, api_json],
+                      api_name="segment", api_description="Segment what `text` refers to: returns a mask PNG "
+                      "(0/255, original size) and JSON {no_target, nt_prob, area_fraction, latency_ms, truncated}.")
+
+        # ----------------------------------------------------------------------------- wiring
+        seg_in = [image, text, threshold, nt_rule, tab_state, session]
+        seg_out = [session, banner, overlay, heads, latency, trunc]
+        tab_in = [image, tab_state, session, scale_idx, region, layer, k, word]
+        tab_out = [session, region, reg_img, reg_sim, reg_md, att_img, att_bar, att_md, pro_img, pro_pca, pro_md,
+                   word, lang_heat, lang_map, lang_md]
+        private = {"api_visibility": "private"}
+
+        def run_segment(trigger):
+            return trigger(cb.segment, seg_in, seg_out, trigger_mode="always_last", **private).then(
+                cb.render_tab, tab_in, tab_out, **private)
+
+        run_segment(text.submit)
+        run_segment(run.click)
+        run_segment(threshold.release)
+        run_segment(nt_rule.input)
+        image.upload(cb.prepare_image, [image, session], seg_out, **private).then(
+            lambda im, t, th, r, tab, s: cb.segment(im, t, th, r, tab, s) if (t or "").strip() else [gr.skip()] * 6,
+            seg_in, seg_out, **private).then(cb.render_tab, tab_in, tab_out, **private)
+        image.clear(lambda: [Session(), render.status_banner(None), None, [], "", ""], None, seg_out, **private)
+        scene_btn.click(cb.new_scene, [seed], [image, seed, suggestions, text, session, banner], **private).then(
+            lambda im, s: cb.prepare_image(im, s), [image, session], seg_out, **private)
+        suggestions.click(cb.pick_suggestion, [suggestions], [text], **private).then(
+            cb.segment, seg_in, seg_out, **private).then(cb.render_tab, tab_in, tab_out, **private)
+        if examples is not None:
+            examples.load_input_event.then(cb.segment, seg_in, seg_out, **private).then(
+                cb.render_tab, tab_in, tab_out, **private)
+        for tab_name, tab in (("segmentation", t_seg), ("regions", t_reg), ("attention", t_att),
+                              ("prototypes", t_pro), ("language", t_lang)):
+            tab.select(lambda name=tab_name: name, None, [tab_state], **private).then(
+                cb.render_tab, tab_in, tab_out, **private)
+        scale_idx.input(cb.render_tab, tab_in, tab_out, **private)
+        region.release(cb.select_region, tab_in, tab_out, trigger_mode="always_last", **private)
+        layer.release(cb.render_tab, tab_in, tab_out, trigger_mode="always_last", **private)
+        k.release(cb.render_tab, tab_in, tab_out, trigger_mode="always_last", **private)
+        word.input(cb.render_tab, tab_in, tab_out, **private)
+        for img in (reg_img, reg_sim, att_img, pro_img, lang_map):
+            img.select(cb.click_image, tab_in, tab_out, **private)
+
+    demo.queue(default_concurrency_limit=concurrency_limit, max_size=256)
+    return demo
+
+
+def launch_options(host: str = "127.0.0.1", port: int = 7860, share: bool = False) -> dict:
+    """Keyword arguments for demo.launch() shared by app.py, tests and the benchmark."""
+    return {"server_name": host, "server_port": port, "share": share, "show_error": True,
+            "max_file_size": "64mb", "footer_links": ["api", "gradio"]}
