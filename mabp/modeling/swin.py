@@ -435,7 +435,11 @@ class SwinPWAMEncoder(nn.Module):
         tables of another window size are resized bicubically. Returns (missing, unexpected) key lists.
         """
         if isinstance(path_or_state, str):
-            state = torch.load(path_or_state, map_location="cpu", weights_only=False)
+            # A weights file is data from strangers: never unpickle code (weights_only=True). The shared
+            # reader explains unreadable files (detectron2 .pkl pickles, truncated downloads, ...).
+            from mabp.convert import load_weights_file  # local import: mabp.convert imports this module
+
+            state = load_weights_file(path_or_state)
         else:
             state = path_or_state
         for wrapper in ("model", "state_dict"):
