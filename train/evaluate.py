@@ -277,6 +277,13 @@ def _paper_rows(dataset: str, split: str, split_by: Optional[str]) -> List[tuple
     return rows
 
 
+def is_synthgres_export(dataset: Any) -> bool:
+    """True for a gRefCOCO-format folder written by the SynthGRES exporter (its images are named
+    synthgres_<split>_<index>.png): the published gRefCOCO rows must not be shown beside it."""
+    images = getattr(getattr(dataset, "source", None), "images", None) or {}
+    return any(str(im.get("file_name", "")).startswith("synthgres_") for im in list(images.values())[:16])
+
+
 def format_report(result: Mapping[str, Any], dataset: str, split: str, acc: str = "mabp-code",
                   split_by: Optional[str] = None, paper: bool = True) -> str:
     """The full printed report: paper-layout table (+ published rows), both accuracy families,
@@ -357,6 +364,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--acc", choices=ACC_FAMILIES, default="mabp-code",
                    help="which N-acc/T-acc formulas fill the table (both are in results.json)")
     p.add_argument("--workers", type=int, default=0, help="DataLoader workers (image decoding)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch CPU threads (default: torch's); 1 is often faster for small models on a busy machine")
     p.add_argument("--no-progress", action="store_true")
     return p
 
@@ -370,7 +379,7 @@ def _setup(args: argparse.Namespace):
         raise EvalInputError(f"checkpoint not found: {ckpt_path} (pass the .pt file written by training)")
     for name, val, lo in (("--batch-size", args.batch_size, 1), ("--limit", args.limit, 1),
                           ("--min-pixels", args.min_pixels, 0), ("--workers", args.workers, 0),
-                          ("--size", args.size, 32)):
+                          ("--size", args.size, 32), ("--threads", args.threads, 1)):
         if val is not None and val < lo:
             raise EvalInputError(f"{name} must be >= {lo}, got {val}")
     if args.threshold is not None and not 0.0 < args.threshold < 1.0:
@@ -434,6 +443,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except EvalInputError as e:
         print(f"error: {_one_line(e)}", file=sys.stderr)
         return 2
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
     rule = args.nt_rule or model.cfg.inference.nt_rule
     src = "--nt-rule" if args.nt_rule else "the checkpoint's inference.nt_rule"
     print(f"no-target rule: {rule} (from {src}); threshold "
@@ -447,13 +458,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except DatasetError as e:  # a file that went missing / is corrupt mid-run: still the data's fault
         print(f"error: {_one_line(e)}", file=sys.stderr)
         return 2
-    print(format_report(result, args.dataset, args.split, acc=args.acc, split_by=args.split_by))
+    export = args.dataset != "synthgres" and is_synthgres_export(dataset)
+    if export:
+        print("note: this folder is a SynthGRES export, so no published gRefCOCO row is shown")
+    print(format_report(result, args.dataset, args.split, acc=args.acc, split_by=args.split_by, paper=not export))
     out_dir = Path(args.out) if args.out else Path("runs") / "eval" / f"{ckpt_path.stem}-{args.dataset}-{args.split}"
     meta = {
         "checkpoint": str(ckpt_path.resolve()),
         "checkpoint_sha256": sha256_file(ckpt_path)[:16],
         "checkpoint_info": {k: ckpt[k] for k in ("step", "epoch", "iteration") if k in ckpt},
-        "dataset": args.dataset, "split": args.split, "root": args.root,
+        "dataset": args.dataset, "split": args.split, "root": args.root, "synthgres_export": export,
         "model_config": model.cfg.to_dict(),
         "args": vars(args),
         "acc_table": args.acc,
