@@ -1,0 +1,86 @@
+"""Train MABP: `python -m train.fit --config train/configs/NAME.yaml [section.key=value ...]`.
+
+Examples::
+
+    python -m train.fit --config train/configs/tiny_synthgres.yaml
+    python -m train.fit --config train/configs/lite_synthgres.yaml train.batch_size=4 optim.lr=1e-4
+    python -m train.fit --config train/configs/paper_grefcoco.yaml \\
+        model.overrides.text.path=/models/bert-base-uncased model.overrides.visual.weights=/models/swin_base.pth
+    torchrun --nproc_per_node=2 -m train.fit --config train/configs/paper_grefcoco.yaml ...
+    python -m train.fit --config ... --print-config       # show the resolved config and exit
+
+Overrides are `section.key=value` with YAML values (numbers, null, [lists], {maps}). `train.batch_size`
+is per process: the total batch is batch_size x the number of processes.
+
+Exit codes: 0 finished, 130 stopped by Ctrl-C/SIGTERM (last.pt saved; run the same command to resume),
+1 stopped by non-finite losses, 2 bad config/arguments.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import Any, Callable, Dict, List, Optional, Sequence
+
+import yaml
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m train.fit", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", "-c", default=None, help="YAML training config (train/configs/*.yaml)")
+    p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    p.add_argument("overrides", nargs="*", metavar="section.key=value", help="config overrides (YAML values)")
+    return p
+
+
+def fit(config: Optional[str] = None, overrides: Sequence[str] = (), extra: Optional[Dict[str, Any]] = None,
+        hooks: Sequence[Callable] = ()) -> Dict[str, Any]:
+    """Library entry point: resolve the config, train, clean up the process group. Returns the summary
+    of `Trainer.fit()` (step, best, interrupted, last_metrics, output_dir)."""
+    # Imported here so `--help` and config errors answer before torch is loaded.
+    from train import distributed as D
+    from train.config import check_placeholders, load_config
+    from train.engine import Trainer
+
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # tokenisation happens in DataLoader workers
+    cfg = load_config(config, overrides, extra)
+    check_placeholders(cfg)
+    try:
+        return Trainer(cfg, hooks=hooks).fit()
+    finally:
+        D.cleanup()
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    from train.config import ConfigError, load_config
+
+    try:
+        if args.print_config:
+            print(yaml.safe_dump(load_config(args.config, args.overrides), sort_keys=False), end="")
+            return 0
+        from train.engine import NonFiniteLossError
+
+        try:
+            result = fit(args.config, args.overrides)
+        except NonFiniteLossError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+    except (ConfigError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if result["interrupted"]:
+        print(f"interrupted at step {result['step']}; resume with the same command", file=sys.stderr)
+        return 130
+    best = result.get("best") or {}
+    if best.get("value") is not None:
+        print(f"done: step {result['step']}, best val {best['metric']} {best['value']:.2f} at step {best['step']} "
+              f"({result['output_dir']}/best.pt)")
+    else:
+        print(f"done: step {result['step']} ({result['output_dir']}/last.pt)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
