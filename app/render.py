@@ -95,7 +95,7 @@ def truncation_note(tokens: Sequence[str], num_tokens: int, max_tokens: int) -> 
 
 def latency_text(model_ms: float, set_image_ms: Optional[float] = None, cached: bool = False) -> str:
     """One line of timing. model_ms is the predictor's latency (text + fusion + decoders + post)."""
-    parts = [f"model time {model_ms:.0f} ms" + (" (outputs re-used: only the threshold/rule changed)" if cached else "")]
+    parts = [f"model time {model_ms:.0f} ms" + (" (outputs cached for this image and expression: post-processing only)" if cached else "")]
     if set_image_ms is not None:
         parts.append(f"image encoding {set_image_ms:.0f} ms (once per image)")
     return " · ".join(parts)

@@ -153,7 +153,12 @@ class SegmentService:
             pred, _ = self._predictor_for(rgb, key, progress)
             if progress and introspect:
                 progress(0.5, "recording attention, word weights and prototypes")
-            return pred.predict(text, threshold=threshold, nt_rule=nt_rule, introspect=introspect)
+            # Whether the model outputs for this text were already cached on this image (then the
+            # result's latency is post-processing only); the predictor keeps them per text.
+            cached = text in pred._outputs
+            result = pred.predict(text, threshold=threshold, nt_rule=nt_rule, introspect=introspect)
+            result.extras["cached"] = cached
+            return result
 
     def cached_texts(self, key: str) -> int:
         pred = self._pool.get(key)

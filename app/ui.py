@@ -172,14 +172,12 @@ class DemoCallbacks:
             text = self._check_text(text)
             rgb, key, session = self._image(image, session, progress)
             introspect = tab not in (None, "segmentation")
-            prev = session.result
-            cached = prev is not None and prev.text == text
             r = self.service.predict(rgb, key, text, threshold, nt_rule, introspect=introspect,
                                      progress=_progress_fn(progress))
             session.result = r
             session.info = r.extras.get("introspection")
             session.clusters = {}
-            return self._seg_outputs(session, rgb, r, cached)
+            return self._seg_outputs(session, rgb, r, bool(r.extras.get("cached")))
         except InputError as exc:
             return self._seg_error(session, str(exc))
         except Exception as exc:  # a bug, not bad input: keep the server up, log it for us
@@ -375,11 +373,11 @@ class DemoCallbacks:
             gr.Warning("SynthGRES is not installed here, so no random scene can be made.")
             return [gr.skip()] * 6
         try:
-            s = int(seed) if seed not in (None, "") and np.isfinite(float(seed)) else random.randrange(1, 10**6)
-        except (TypeError, ValueError):
+            s = abs(int(seed)) if seed not in (None, "") and np.isfinite(float(seed)) else 0
+        except (TypeError, ValueError, OverflowError):
+            s = 0
+        if s == 0:  # 0 / empty = a new random scene each click
             s = random.randrange(1, 10**6)
-        if s < 0:
-            s = -s
         image, _scene, suggestions = self.random_scene(s, 320)
         samples = [[sentence] for sentence, _ids, _tags in suggestions]
         banner = render.status_banner(None, message=f"Random scene #{s}: click a suggested expression or type "
@@ -450,8 +448,7 @@ def create_app(predictor: MABPPredictor, notice: Optional[str] = None, source: O
                 image = SafeImage(label="Image", type="filepath", image_mode=None, format="png",
                                   sources=["upload", "clipboard"], height=340, elem_id="input-image")
                 with gr.Row():
-                    seed = gr.Number(label="Scene seed (empty = random)", value=None, precision=0, scale=2,
-                                     minimum=0)
+                    seed = gr.Number(label="Scene seed (0 = random)", value=0, precision=0, scale=2, minimum=0)
                     scene_btn = gr.Button("New random scene", scale=1, interactive=cb.random_scene is not None)
                 suggestions = gr.Dataset(components=[gr.Textbox(visible=False)], samples=[],
                                          label="Suggested expressions (click to use)", type="values",
