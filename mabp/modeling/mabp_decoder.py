@@ -128,7 +128,9 @@ class MABPDecoder(nn.Module):
         else:
             self.query_generator = RandomQueries(cfg.num_queries, c, text_dim)
         self.query_embed = nn.Embedding(cfg.num_queries, c)  # query positional embedding
-        self.lang_query_embed = nn.Embedding(num_tokens, c)  # language-token positional embedding
+        # Language-token positional embedding: only the MMD attends to the language tokens with
+        # positions (RIA/RLA use none; the authors' -rla file drops it too).
+        self.lang_query_embed = nn.Embedding(num_tokens, c) if cfg.layer_type == "mmd" else None
         self.level_embed = nn.Embedding(cfg.num_scales, c)
         if cfg.layer_type == "mmd":
             self.layers = nn.ModuleList(
@@ -177,7 +179,7 @@ class MABPDecoder(nn.Module):
 
         x, lang_tokens = self.query_generator(lang, lang_mask)  # (Q, B, C), (L, B, C)
         query_pos = self.query_embed.weight.unsqueeze(1).repeat(1, b, 1)
-        lang_pos = self.lang_query_embed.weight.unsqueeze(1).repeat(1, b, 1)
+        lang_pos = None if self.lang_query_embed is None else self.lang_query_embed.weight.unsqueeze(1).repeat(1, b, 1)
 
         pred_masks, nt_logits, grids = [], [], []
         attn_mask = None  # layer 0 is unmasked

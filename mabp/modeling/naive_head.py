@@ -40,7 +40,8 @@ class NaiveAggregationHead(RegionalSupervisionHead):
             raise ValueError(f"unknown naive aggregation {aggregation!r}; expected one of {AGGREGATIONS}")
         self.aggregation = aggregation
         if aggregation == "softmax":
-            self.agg_weight = nn.Linear(hidden_dim, 1)
+            # No bias: a bias shared by all queries cancels in the softmax (it would never get a gradient).
+            self.agg_weight = nn.Linear(hidden_dim, 1, bias=False)
 
     def query_logits(self, x: torch.Tensor, feat: torch.Tensor) -> torch.Tensor:
         """Per-query whole-image logits (B, Q, H, W)."""
