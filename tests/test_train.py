@@ -30,6 +30,15 @@ CONFIGS = Path(__file__).resolve().parents[1] / "train" / "configs"
 TINY = CONFIGS / "tiny_synthgres.yaml"
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """One intra-op thread: the tiny model's ops are too small to split, and the CPU is shared."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def tiny_extra(out: Path, **sections) -> dict:
     """A few-step tiny run: 8-sample epochs (4 steps at batch 2), 4 val samples."""
     extra = {
@@ -315,3 +324,20 @@ def test_cli_runs_and_resume_requires_training_state(tmp_path):
     # best.pt has no optimizer state: resuming from it is refused with a clear message.
     with pytest.raises(ValueError, match="model.checkpoint"):
         fit(str(TINY), extra=tiny_extra(tmp_path / "x", train={"resume": str(out / "best.pt")}))
+
+
+def test_lite_config_builds_the_intended_optimizer(tmp_path):
+    """lite_synthgres.yaml: MiniLM (6 layers) loses its embeddings + layers 4-5 to the quirk; the pretrained
+    EfficientNet stages and MiniLM run at 0.1 x lr; everything new at lr."""
+    cfg = load_config(CONFIGS / "lite_synthgres.yaml", [f"train.output_dir={tmp_path}", "data.val_samples=2"])
+    trainer = Trainer(cfg)
+    lr = cfg["optim"]["lr"]
+    assert all(n.startswith(("text_encoder.bert.embeddings.", "text_encoder.bert.encoder.layer.4.",
+                             "text_encoder.bert.encoder.layer.5.")) for n in trainer.frozen)
+    by_name = {n: g for g in trainer.optimizer.param_groups for n in g["param_names"]}
+    assert not set(trainer.frozen) & set(by_name)
+    for n, g in by_name.items():
+        pretrained = n.startswith(("backbone.backbone.", "text_encoder."))
+        assert g["base_lr"] == pytest.approx(lr * (0.1 if pretrained else 1.0)), n
+    assert any(n.startswith("backbone.fusions.") and g["base_lr"] == lr for n, g in by_name.items())
+    assert trainer.global_batch == 8 and trainer.steps_per_epoch == 1000 and not trainer.amp
