@@ -14,7 +14,7 @@ import hashlib
 import os
 import warnings
 from pathlib import Path
-from typing import Any, Tuple, Union
+from typing import Any, List, Optional, Tuple, Union
 
 import cv2
 import numpy as np
@@ -40,9 +40,25 @@ def _apply_orientation(arr: np.ndarray, orientation: int) -> np.ndarray:
     return np.ascontiguousarray(op(arr)) if op else arr
 
 
-def decode_image_bytes(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, name: str = "the file") -> np.ndarray:
+def conversion_notes(arr: np.ndarray) -> List[str]:
+    """What to_rgb_uint8 will change about a decoded array, said to the user (accepted, not refused)."""
+    notes = []
+    if arr.dtype == np.uint16:
+        notes.append("16-bit image reduced to 8 bits per channel")
+    elif arr.dtype != np.uint8:
+        notes.append(f"{arr.dtype} pixels converted to 8 bits")
+    if arr.ndim == 2 or (arr.ndim == 3 and arr.shape[2] == 1):
+        notes.append("grayscale image used as RGB")
+    elif arr.ndim == 3 and arr.shape[2] == 4:
+        notes.append("transparent areas composited over white")
+    return notes
+
+
+def decode_image_bytes(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, name: str = "the file",
+                       notes: Optional[List[str]] = None) -> np.ndarray:
     """Decode image bytes to (H, W, 3) uint8 RGB. Grayscale, RGBA (composited over white) and 16-bit
-    are converted by mabp.image_io.to_rgb_uint8. Raises InputError with a user-facing message."""
+    are converted by mabp.image_io.to_rgb_uint8 (what changed is appended to `notes`). Raises
+    InputError with a user-facing message."""
     from PIL import Image, UnidentifiedImageError
 
     if not data:
@@ -81,11 +97,13 @@ def decode_image_bytes(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, name: 
         except Exception:
             raise InputError(f"{name} could not be decoded: the image data is truncated or corrupted.") from None
     arr = _apply_orientation(arr, orientation)
+    if notes is not None:
+        notes.extend(conversion_notes(arr))
     return to_rgb_uint8(arr, max_pixels)
 
 
 def read_image_file(path: Union[str, os.PathLike], max_pixels: int = DEFAULT_MAX_PIXELS,
-                    max_bytes: int = 200 * 1024 * 1024) -> np.ndarray:
+                    max_bytes: int = 200 * 1024 * 1024, notes: Optional[List[str]] = None) -> np.ndarray:
     """Read an image file (see decode_image_bytes). Missing, unreadable or huge files -> InputError."""
     p = Path(path)
     if not p.is_file():
@@ -93,17 +111,19 @@ def read_image_file(path: Union[str, os.PathLike], max_pixels: int = DEFAULT_MAX
     size = p.stat().st_size
     if size > max_bytes:
         raise InputError(f"The file is too large ({size / 2**20:.0f} MB; the limit is {max_bytes / 2**20:.0f} MB).")
-    return decode_image_bytes(p.read_bytes(), max_pixels, name="The file")
+    return decode_image_bytes(p.read_bytes(), max_pixels, name="The file", notes=notes)
 
 
-def load_image(source: Any, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+def load_image(source: Any, max_pixels: int = DEFAULT_MAX_PIXELS, notes: Optional[List[str]] = None) -> np.ndarray:
     """A path, an array or a PIL image -> (H, W, 3) uint8 RGB; None -> InputError 'no image'."""
     if source is None or (isinstance(source, str) and not source.strip()):
         raise InputError("No image was given: upload an image, pick an example or make a random scene.")
     if isinstance(source, dict) and "path" in source:  # a FileData-like dict from an API caller
         source = source["path"]
     if isinstance(source, (str, os.PathLike)):
-        return read_image_file(source, max_pixels)
+        return read_image_file(source, max_pixels, notes=notes)
+    if notes is not None and isinstance(source, np.ndarray):
+        notes.extend(conversion_notes(source))
     return to_rgb_uint8(source, max_pixels)
 
 

@@ -97,16 +97,39 @@ class SegmentService:
         self.max_pixels = predictor.max_pixels
         self.max_tokens = predictor.cfg.text.max_tokens if hasattr(predictor.cfg.text, "max_tokens") else None
         self._template = predictor
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # the model
+        self._cache_lock = threading.Lock()  # the small dicts below (never held during a model call)
         self._pool: "OrderedDict[str, MABPPredictor]" = OrderedDict()
         self._max_images = max(1, int(max_images))
         self.set_image_ms: dict = {}
+        self.notes: "OrderedDict[str, list]" = OrderedDict()  # digest -> what was converted on input
+        self._decoded: "OrderedDict[str, Tuple[np.ndarray, str]]" = OrderedDict()  # file path -> (rgb, digest)
 
     # ------------------------------------------------------------------------------------- images
     def load(self, source) -> Tuple[np.ndarray, str]:
-        """Decode/validate any image source -> (rgb, content digest). Raises InputError."""
-        rgb = load_image(source, self.max_pixels)
-        return rgb, image_digest(rgb)
+        """Decode/validate any image source -> (rgb, content digest). Raises InputError.
+
+        Decodes of file paths are cached (a session sends the same upload path with every event; a
+        40 MP JPEG takes ~0.5 s to decode); Gradio names uploads by content, so a path is stable.
+        """
+        path = str(source) if isinstance(source, (str, os.PathLike)) else None
+        with self._cache_lock:
+            hit = self._decoded.get(path) if path else None
+            if hit is not None and os.path.isfile(path):
+                self._decoded.move_to_end(path)
+                return hit
+        notes: list = []
+        rgb = load_image(source, self.max_pixels, notes=notes)
+        key = image_digest(rgb)
+        with self._cache_lock:
+            self.notes[key] = notes
+            while len(self.notes) > 4 * self._max_images:
+                self.notes.popitem(last=False)
+            if path:
+                self._decoded[path] = (rgb, key)
+                while len(self._decoded) > self._max_images:
+                    self._decoded.popitem(last=False)
+        return rgb, key
 
     def _predictor_for(self, rgb: np.ndarray, key: str, progress: Optional[ProgressFn]) -> Tuple[MABPPredictor, bool]:
         """The predictor holding this image (encoding it on first use). Call with the lock held."""

@@ -153,6 +153,9 @@ class DemoCallbacks:
         tiles = render.head_mask_tiles(rgb if session.display is None else session.display, r.head_masks)
         set_ms = self.service.set_image_ms.get(session.key)
         latency = render.latency_text(r.latency_ms, set_ms, cached=cached)
+        notes = self.service.notes.get(session.key)
+        if notes:
+            latency += "  \nInput: " + "; ".join(notes) + "."
         trunc = render.truncation_note(r.tokens, r.num_tokens, self.max_tokens) if r.truncated else ""
         banner = render.status_banner(r.no_target, r.nt_prob, r.area_fraction, r.nt_rule)
         return [session, banner, overlay, tiles, latency, trunc]
@@ -193,7 +196,9 @@ class DemoCallbacks:
             rgb, key, session = self._image(image, session)
             ms = self.service.prepare(rgb, key, _progress_fn(progress))
             h, w = session.size
-            msg = f"Image ready ({w}x{h}); encoded in {ms:.0f} ms. Type what to segment."
+            notes = self.service.notes.get(session.key) or []
+            msg = (f"Image ready ({w}x{h}{'; ' + '; '.join(notes) if notes else ''}); encoded in {ms:.0f} ms. "
+                   "Type what to segment.")
             banner = render.status_banner(None, message=msg)
             return [session, banner, None, [], "", ""]
         except InputError as exc:
