@@ -45,7 +45,7 @@ import torch
 from torch import Tensor, nn
 
 from .config import MABPConfig
-from .official import IGNORABLE, ignorable_reason, official_to_ours, strip_wrappers
+from .official import ignorable_reason, official_to_ours, strip_wrappers
 
 PathLike = Union[str, Path]
 Shapes = Mapping[str, Tuple[int, ...]]
@@ -57,8 +57,8 @@ _ZIP_MAGIC = b"PK\x03\x04"
 _LEGACY_TORCH_MAGIC = b"\x80\x02\x8a\x0a"
 
 # Where users get the files (repeated in error messages so that a wrong file names the right one).
-SWIN_RELEASE = ("swin_base_patch4_window12_384_22k.pth from the microsoft/Swin-Transformer GitHub releases "
-                "(tag v1.0.0)")
+SWIN_RELEASE = ("swin_base_patch4_window12_384_22k.pth (https://github.com/SwinTransformer/storage/releases/"
+                "download/v1.0.0/swin_base_patch4_window12_384_22k.pth, linked from microsoft/Swin-Transformer)")
 MABP_RELEASE = "MABP_best.pth from the links in the buptLwz/MABP README"
 
 # Official names of the residual gates of the PWAM stages (identical in our tree).
@@ -250,6 +250,10 @@ def _numel(shape: Sequence[int]) -> int:
     return int(math.prod(shape)) if len(shape) else 1
 
 
+def _fmt_bytes(n: int) -> str:
+    return f"{n / 1e9:.2f} GB" if n >= 1e8 else f"{n / 1e6:.1f} MB"
+
+
 def _fmt_shape(shape: Sequence[int]) -> str:
     return "(" + ", ".join(str(int(s)) for s in shape) + ")"
 
@@ -388,12 +392,12 @@ class ConversionReport:
         lines = [f"MABP converter: {self.kind} -> {self.preset} model"]
         src = f"  source      {self.source}"
         if self.source_sha256:
-            src += f"\n              sha256 {self.source_sha256}, {self.source_bytes / 1e9:.2f} GB"
+            src += f"\n              sha256 {self.source_sha256}, {_fmt_bytes(self.source_bytes)}"
         if self.source_meta:
             src += "  (" + ", ".join(f"{k} {v}" for k, v in self.source_meta.items()) + ")"
         lines.append(src)
         if self.output:
-            lines.append(f"  output      {self.output} ({self.output_bytes / 1e9:.2f} GB, "
+            lines.append(f"  output      {self.output} ({_fmt_bytes(self.output_bytes)}, "
                          f"{'fp16' if self.half else 'fp32'}) in {self.seconds:.1f} s")
         lines.append(f"  mapped      {len(self.loaded)} entries loaded into the {self.preset} model "
                      f"({self.model_entries} entries, {self.model_parameters:,} parameters)")
@@ -439,8 +443,9 @@ class ConversionReport:
     def _gate_lines(self) -> List[str]:
         if self.gates_all_zero is None:
             if self.kind == "swin-imagenet":
-                return ["  gates       backbone.layers.{0,1,2}.res_gate: fresh, zero-initialised (closed), as in "
-                        "the official training; " + GATE_EXPLANATION.split("; so")[0] + ", so they stay closed"]
+                return ["  gates       backbone.layers.{0,1,2}.res_gate: fresh and zero-initialised (closed), as in the",
+                        "              official training. Note: with W1 = W2 = 0 both gate matrices receive exactly zero",
+                        "              gradient, so training the official way never opens them."]
             return []
         n = len(self.gate_max_abs)
         if self.gates_all_zero:
@@ -733,7 +738,7 @@ def _read_source(src: Path, report_kwargs: Dict[str, Any], progress: bool,
     size = src.stat().st_size
     report_kwargs.update(source=str(src), source_bytes=size,
                          source_sha256=sha256_file(src, progress=progress))
-    log(f"reading {src.name} ({size / 1e9:.2f} GB) with weights_only=True ...")
+    log(f"reading {src.name} ({_fmt_bytes(size)}) with weights_only=True ...")
     obj = load_weights_file(src)
     state, meta = unwrap_state(obj, src.name)
     report_kwargs["source_meta"] = meta
@@ -758,8 +763,9 @@ def convert_official_mabp(src: PathLike, dst: PathLike, *, bert: Optional[PathLi
     info: Dict[str, Any] = {}
     state = _read_source(src, info, progress, log)
     cfg = get_config(preset)
-    if cfg.visual.kind != "swin" or cfg.visual.fusion != "pwam":
-        raise ConversionError(f"preset {preset!r} is not laid out like the official model (Swin + PWAM gates)")
+    if cfg.visual.kind != "swin" or cfg.visual.fusion != "pwam" or getattr(cfg, "arch", "mabp") != "mabp":
+        raise ConversionError(f"preset {preset!r} is not laid out like the official model (MABP decoder, "
+                              "Swin + PWAM gates)")
     stored_cfg, notes = (check_bert_folder(bert, cfg) if bert else (cfg, []))
     layout = model_layout(cfg)
     expected = {k: shape for k, (shape, _) in layout.items()}
