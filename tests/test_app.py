@@ -1,0 +1,331 @@
+"""The Gradio app with a tiny model: it builds, every callback works on real files and arrays, bad
+input gives clear messages (never an exception out of a UI callback), the service is thread-safe,
+app.py starts from a checkpoint (or falls back loudly), and a real gradio_client round trip works."""
+import importlib.util
+import sys
+import threading
+import time
+
+import cv2
+import gradio as gr
+import numpy as np
+import pytest
+
+from app import ui
+from app.inputs import decode_image_bytes, load_image
+from app.service import UNTRAINED_NOTICE, SegmentService, load_model
+from app.ui import DemoCallbacks, SafeImage, Session, create_app
+from mabp.image_io import InputError
+from tests.app_helpers import ROOT, SCENE, force_no_target, running, tiny_predictor, write_inputs
+
+# gr.Warning outside a request falls back to warnings.warn: expected here, the tests read the banners
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning:gradio.helpers")
+
+
+@pytest.fixture(scope="module")
+def demo():
+    return create_app(tiny_predictor(), notice=UNTRAINED_NOTICE)
+
+
+@pytest.fixture(scope="module")
+def cb(demo) -> DemoCallbacks:
+    return demo.mabp_callbacks
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    return write_inputs(tmp_path_factory.mktemp("inputs"))
+
+
+def _is_error(outputs) -> bool:
+    return "mabp-error" in outputs[1]
+
+
+# ------------------------------------------------------------------------------------------ build
+def test_ui_builds_with_lean_api_and_notice(demo):
+    assert isinstance(demo, gr.Blocks)
+    api = demo.get_api_info()
+    assert set(api["named_endpoints"]) == {"/segment"}  # UI events are private: the API stays lean
+    params = [p["parameter_name"] for p in api["named_endpoints"]["/segment"]["parameters"]]
+    assert params == ["image", "text", "threshold"]
+    cfg = demo.get_config_file()
+    html = [c.get("props", {}).get("value") for c in cfg["components"] if c.get("type") == "html"]
+    assert any(UNTRAINED_NOTICE in (v or "") for v in html)
+    rows, labels = ui.load_examples()
+    assert len(rows) >= 10 and all((ROOT / "assets" / "examples").joinpath(r[0]).is_file() for r in rows)
+    assert any("astronaut" in r[0] for r in rows) and any("scene.png" in r[0] for r in rows)
+
+
+def test_example_images_are_small_and_licensed():
+    folder = ROOT / "assets" / "examples"
+    for p in folder.iterdir():
+        if p.suffix in (".png", ".jpg"):
+            assert p.stat().st_size <= 300 * 1024, p
+    lic = (folder / "LICENSES.md").read_text()
+    for name in ("astronaut", "coffee", "chelsea", "public domain", "CC0"):
+        assert name in lic
+
+
+# -------------------------------------------------------------------------------------- segment
+def test_segment_outputs_at_original_resolution(cb, files):
+    out = cb.segment(str(files["rgb"]), "the red circle", 0.5, "any", "segmentation", None)
+    session, banner, overlay, tiles, latency, trunc = out
+    assert isinstance(session, Session) and session.result is not None and session.info is None  # lazy
+    assert overlay.shape == (120, 90, 3) and overlay.dtype == np.uint8
+    assert len(tiles) == 4 and all(t[0].ndim == 3 for t in tiles)
+    assert ("No target" in banner) == session.result.no_target
+    assert "model time" in latency and trunc == ""
+    # a new threshold on the same text re-uses the model outputs
+    again = cb.segment(str(files["rgb"]), "the red circle", 0.3, "any", "segmentation", session)
+    assert again[0].result.extras["cached"] and "cached" in again[4]
+
+
+def test_forced_no_target_banner_and_overlay_banner(files):
+    pred = tiny_predictor()
+    cbx = DemoCallbacks(SegmentService(pred))
+    force_no_target(pred.model, True)
+    out = cbx.segment(str(files["rgb"]), "a purple elephant", 0.5, "any", "segmentation", None)
+    assert "No target" in out[1] and not out[0].result.mask.any()
+    force_no_target(pred.model, False)
+    out = cbx.segment(str(files["rgb"]), "everything", 0.01, "any", "segmentation", None)
+    assert "Target found" in out[1] and out[0].result.mask.any()
+    assert not np.array_equal(out[2], cv2.cvtColor(cv2.imread(str(files["rgb"])), cv2.COLOR_BGR2RGB))
+
+
+def test_long_expression_is_truncated_with_a_note(cb, files):
+    text = " ".join(["the big red circle next to the small blue square"] * 50)  # 500 words
+    out = cb.segment(str(files["rgb"]), text, 0.5, "any", "segmentation", None)
+    assert not _is_error(out)
+    assert out[0].result.truncated and "truncated" in out[5] and "`the big red circle" in out[5]
+
+
+# ------------------------------------------------------------------------------------------ tabs
+@pytest.fixture(scope="module")
+def seeded(cb, files):
+    return cb.segment(str(files["rgb"]), "the red circle", 0.5, "any", "segmentation", None)[0]
+
+
+def test_segmentation_tab_draws_nothing_extra(cb, files, seeded):
+    outs = cb.render_tab(str(files["rgb"]), "segmentation", seeded, 1, 0, 0, 4, None)
+    assert len(outs) == 15 and all(o == gr.skip() for o in outs)
+
+
+def test_each_tab_renders_on_real_arrays(cb, files, seeded):
+    img = str(files["rgb"])
+    reg = cb.render_tab(img, "regions", seeded, 1, 0, 0, 4, None)
+    session = reg[0]
+    assert session.info is not None  # introspection computed on first look
+    assert reg[2].shape == (120, 90, 3) and reg[3].shape == (120, 90, 3) and "8x8" in reg[4]
+    assert all(o == gr.skip() for o in reg[5:])  # other tabs untouched
+    for s in range(4):
+        r = cb.render_tab(img, "regions", session, s, 0, 0, 4, None)
+        assert r[2].shape == (120, 90, 3)
+    att = cb.render_tab(img, "attention", session, 1, 0, 4, 4, None)
+    assert att[5].shape == (120, 90, 3) and att[6].ndim == 3 and "Decoder layer 4" in att[7]
+    assert all(o == gr.skip() for o in att[1:5] + att[8:])
+    pro = cb.render_tab(img, "prototypes", session, 1, 0, 0, 3, None)
+    assert pro[8].shape == (120, 90, 3) and pro[9].ndim == 3 and "k = 3" in pro[10] and "silhouette" in pro[10]
+    assert 3 in session.clusters  # KMeans cached per k
+    lang = cb.render_tab(img, "language", session, 1, 0, 0, 4, "2")
+    assert lang[12].ndim == 3 and lang[13].shape == (120, 90, 3) and "'red'" in lang[14]
+
+
+def test_tab_before_any_prediction_explains(cb, files):
+    outs = cb.render_tab(str(files["rgb"]), "attention", None, 1, 0, 0, 4, None)
+    assert "Segment an expression first" in outs[7]
+
+
+def test_region_selection_by_slider_and_click(cb, files, seeded):
+    img = str(files["rgb"])
+    session = cb.render_tab(img, "regions", seeded, 1, 0, 0, 4, None)[0]
+    out = cb.select_region(img, "regions", session, 1, 63, 0, 4, None)  # last 8x8 region
+    assert "Selected region 63" in out[4] and out[1].value == 63 and out[1].maximum == 63
+    evt = gr.SelectData(None, {"index": [2, 2], "value": None})  # top-left corner, display pixels
+    out = cb.click_image(img, "regions", session, 1, 63, 0, 4, None, evt)
+    from app.render import region_at
+
+    expect = region_at(session.info.scales[1].boxes, 2.0, 2.0)  # tiny's 6x6 map pads its 8x8 windows
+    assert f"Selected region {expect} " in out[4] and session.point == (2.0, 2.0)
+
+
+# ---------------------------------------------------------------------------------- bad inputs
+@pytest.mark.parametrize("kind,needle", [
+    ("none", "No image"), ("corrupted", "corrupted"), ("truncated", "corrupted"), ("not_image", "not an image"),
+    ("empty", "empty"), ("huge", "too large"),
+])
+def test_bad_images_give_clear_messages(cb, files, kind, needle):
+    image = None if kind == "none" else str(files[kind])
+    t0 = time.perf_counter()
+    out = cb.segment(image, "the red circle", 0.5, "any", "segmentation", None)
+    assert _is_error(out) and needle in out[1], out[1]
+    assert out[2] is None and out[3] == []
+    assert time.perf_counter() - t0 < 20  # refused from the header: 144 MP is never decoded
+    with pytest.raises(gr.Error) as exc:
+        cb.api_segment(image, "the red circle", 0.5)
+    assert needle in exc.value.message
+
+
+@pytest.mark.parametrize("text,needle", [(None, "No expression"), ("", "empty"), ("   \n\t ", "empty"),
+                                         ("x" * 20_000, "too long")])
+def test_bad_texts_give_clear_messages(cb, files, text, needle):
+    out = cb.segment(str(files["rgb"]), text, 0.5, "any", "segmentation", None)
+    assert _is_error(out) and needle in out[1]
+    with pytest.raises(gr.Error, match=needle):
+        cb.api_segment(str(files["rgb"]), text, 0.5)
+
+
+@pytest.mark.parametrize("threshold", [0.0, 1.0, 7, float("nan"), "abc"])
+def test_bad_threshold_is_an_error_not_a_crash(cb, files, threshold):
+    out = cb.segment(str(files["rgb"]), "the cat", threshold, "any", "segmentation", None)
+    assert _is_error(out) and "threshold" in out[1]
+    with pytest.raises(gr.Error, match="threshold"):
+        cb.api_segment(str(files["rgb"]), "the cat", threshold)
+
+
+def test_bad_rule_is_an_error(cb, files):
+    out = cb.segment(str(files["rgb"]), "the cat", 0.5, "sometimes", "segmentation", None)
+    assert _is_error(out) and "rule" in out[1]
+
+
+@pytest.mark.parametrize("kind,note", [("gray", "grayscale"), ("rgba", "composited over white"),
+                                       ("png16", "16-bit"), ("gray16", "16-bit")])
+def test_awkward_but_valid_images_are_accepted_with_a_note(cb, files, kind, note):
+    out = cb.segment(str(files[kind]), "the red circle", 0.5, "any", "segmentation", None)
+    assert not _is_error(out) and out[2].shape == (120, 90, 3)
+    assert note in out[4]
+    mask, info = cb.api_segment(str(files[kind]), "the red circle", 0.5)
+    assert mask.shape == (120, 90) and mask.dtype == np.uint8
+
+
+def test_decoding_matches_the_pixels(files):
+    ref = cv2.cvtColor(cv2.imread(str(files["rgb"])), cv2.COLOR_BGR2RGB)
+    assert np.array_equal(load_image(str(files["rgb"])), ref)
+    assert np.array_equal(load_image(str(files["png16"])), ref)  # 16-bit -> >> 8 gives the 8-bit pixels back
+    gray = load_image(str(files["gray"]))
+    assert np.array_equal(gray[:, :, 0], ref[:, :, 0]) and np.array_equal(gray[:, :, 2], ref[:, :, 0])
+    rgba = load_image(str(files["rgba"]))  # alpha 128 over white
+    expect = np.round(ref * (128 / 255) + 255 * (1 - 128 / 255)).astype(np.uint8)
+    assert np.abs(rgba.astype(int) - expect).max() <= 1
+    with pytest.raises(InputError, match="not an image"):
+        decode_image_bytes(b"GIF89a-not-really")
+
+
+def test_safe_image_turns_unreadable_uploads_into_gr_error(files):
+    from gradio.data_classes import ImageData
+
+    comp = SafeImage(type="filepath", image_mode=None, render=False)
+    payload = ImageData(path=str(files["not_image"]), orig_name="notes.png")
+    with pytest.raises(gr.Error) as exc:
+        comp.preprocess(payload)
+    assert exc.value.print_exception is False and "not an image" in exc.value.message
+    ok = comp.preprocess(ImageData(path=str(files["rgb"]), orig_name="rgb.png"))
+    assert ok == str(files["rgb"])
+
+
+def test_ui_callbacks_never_raise_on_internal_errors(files, monkeypatch):
+    cbx = DemoCallbacks(SegmentService(tiny_predictor()))
+    monkeypatch.setattr(cbx.service, "predict", lambda *a, **k: 1 / 0)
+    out = cbx.segment(str(files["rgb"]), "the cat", 0.5, "any", "segmentation", None)
+    assert _is_error(out) and "Internal error (ZeroDivisionError)" in out[1]
+    with pytest.raises(gr.Error, match="Internal error"):
+        cbx.api_segment(str(files["rgb"]), "the cat", 0.5)
+
+
+# ------------------------------------------------------------------------------ scenes, prepare
+def test_new_scene_and_suggestions(cb):
+    if cb.random_scene is None:
+        pytest.skip("SynthGRES is not importable here")
+    out = cb.new_scene(7)
+    image, seed, dataset, text, session, banner = out
+    assert image.shape == (320, 320, 3) and seed == 7 and text == "" and "Random scene #7" in banner
+    samples = dataset.constructor_args["samples"] if hasattr(dataset, "constructor_args") else dataset.samples
+    assert len(samples) >= 1 and all(isinstance(s[0], str) and s[0] for s in samples)
+    assert cb.pick_suggestion(samples[0]) == samples[0][0]
+    assert np.array_equal(cb.new_scene(7)[0], image)  # a seed is reproducible
+    assert cb.new_scene(0)[1] > 0  # 0 = random
+
+
+def test_prepare_image_encodes_once(cb, files):
+    out = cb.prepare_image(str(files["rgb"]), None)
+    assert "Image ready (90x120" in out[1]
+    assert "mabp-error" in cb.prepare_image(str(files["corrupted"]), None)[1]
+    assert cb.prepare_image(None, None)[2] is None
+
+
+# ---------------------------------------------------------------------------------- service
+def test_service_is_thread_safe_across_images():
+    service = SegmentService(tiny_predictor(), max_images=2)
+    rng = np.random.RandomState(0)
+    images = [rng.randint(0, 255, (64 + 8 * i, 80, 3)).astype(np.uint8) for i in range(3)]
+    keys = [service.load(im) for im in images]
+    texts = ["the red circle", "all squares", "the left star"]
+    expected = {(i, t): service.predict(*keys[i], t).raw_mask for i in range(3) for t in texts}
+    errors, results = [], {}
+
+    def work(i, t):
+        try:
+            results[(i, t)] = service.predict(*keys[i], t, introspect=(i == 1)).raw_mask
+        except Exception as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(i, t)) for i in range(3) for t in texts]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    assert not errors
+    for k, v in expected.items():
+        assert np.array_equal(results[k], v), k
+    assert len(service._pool) <= 2  # LRU bound on encoded images
+
+
+# ------------------------------------------------------------------------------ start / app.py
+def test_load_model_fallback_and_explicit_checkpoint(tmp_path, monkeypatch):
+    from app import service as svc
+    from mabp.registry import save_checkpoint
+
+    monkeypatch.setattr(svc, "DEFAULT_CHECKPOINT", tmp_path / "missing.pt")
+    loaded = load_model(None, fallback_preset="tiny", env={})
+    assert not loaded.trained and loaded.notice == UNTRAINED_NOTICE and "untrained" in loaded.source
+    with pytest.raises(FileNotFoundError, match="nope.pt"):
+        load_model(str(tmp_path / "nope.pt"), env={})
+    ckpt = save_checkpoint(tiny_predictor().model, tmp_path / "tiny.pt")
+    loaded = load_model(None, env={"MABP_CHECKPOINT": str(ckpt)})
+    assert loaded.trained and loaded.notice is None and loaded.predictor.cfg.preset == "tiny"
+
+
+def test_app_py_builds_the_model_at_import_from_the_environment(tmp_path, monkeypatch):
+    from mabp.registry import save_checkpoint
+
+    ckpt = save_checkpoint(tiny_predictor().model, tmp_path / "tiny.pt")
+    monkeypatch.setenv("MABP_CHECKPOINT", str(ckpt))
+    monkeypatch.setenv("GRADIO_SERVER_PORT", "7999")
+    spec = importlib.util.spec_from_file_location("mabp_app_entry", ROOT / "app.py")
+    mod = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "mabp_app_entry", mod)
+    spec.loader.exec_module(mod)  # not __main__: builds the model and the Blocks, does not launch
+    assert mod.LOADED.trained and isinstance(mod.demo, gr.Blocks)
+    assert mod.ARGS.port == 7999 and mod.ARGS.host == "127.0.0.1" and mod.ARGS.checkpoint == str(ckpt)
+    args = mod.parse_args(["--host", "0.0.0.0", "--port", "8080", "--share", "--threads", "1",
+                           "--checkpoint", "x.pt"])
+    assert (args.host, args.port, args.share, args.threads, args.checkpoint) == ("0.0.0.0", 8080, True, 1, "x.pt")
+
+
+# ---------------------------------------------------------------------------- gradio_client
+def test_gradio_client_round_trip(demo, files):
+    from gradio_client import Client, handle_file
+
+    with running(demo) as url:
+        client = Client(url, verbose=False)
+        mask_path, info = client.predict(handle_file(str(SCENE)), "the red circle", 0.5, api_name="/segment")
+        mask = cv2.imread(mask_path, cv2.IMREAD_UNCHANGED)
+        assert mask.shape == (320, 320) and set(np.unique(mask)) <= {0, 255}
+        assert set(info) >= {"no_target", "nt_prob", "area_fraction", "latency_ms", "truncated"}
+        assert 0.0 <= info["nt_prob"] <= 1.0 and info["truncated"] is False
+        for path, text, needle in [(files["not_image"], "x", "not an image"), (files["huge"], "x", "too large"),
+                                   (SCENE, "", "empty")]:
+            with pytest.raises(Exception, match=needle):
+                client.predict(handle_file(str(path)), text, 0.5, api_name="/segment")
+        # the server survived every bad request
+        _, info2 = client.predict(handle_file(str(SCENE)), "all squares", 0.5, api_name="/segment")
+        assert "latency_ms" in info2
