@@ -352,9 +352,10 @@ class ConversionReport:
     def raise_if_invalid(self) -> None:
         problems = self.problems()
         if problems:
+            hints = "".join(f"\n  hint: {note}" for note in self.notes)
             raise ConversionError(f"cannot convert {self.source or 'the checkpoint'} ({self.kind}) to the "
-                                  f"{self.preset} model; nothing was written:\n  - " + "\n  - ".join(problems),
-                                  report=self)
+                                  f"{self.preset} model; nothing was written:\n  - " + "\n  - ".join(problems)
+                                  + hints, report=self)
 
     # ------------------------------------------------------------------ serialisation
     def counts(self) -> Dict[str, int]:
@@ -512,6 +513,9 @@ def map_official_state(state: Mapping[str, Tensor], expected: Shapes, window_siz
         origin[ours] = key
         report.loaded.append((key, ours))
     report.missing = [k for k in expected if k not in mapped and k not in invalid]
+    if "patch_embed.proj.weight" in state and report.missing:
+        report.notes.append("this looks like an ImageNet Swin checkpoint (un-prefixed patch_embed/layers keys): "
+                            "use --from swin-imagenet")
     report.model_parameters = sum(_numel(s) for k, s in expected.items() if not k.endswith("relative_position_index"))
     return mapped, report
 

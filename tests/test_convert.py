@@ -390,7 +390,12 @@ def test_swin_wrong_variant_or_multimodal_file_is_refused():
     _, report = map_swin_imagenet_state(state, expected, window_size=3)
     assert "backbone.layers.3.blocks.0.mlp.fc2.bias" in report.missing
     _, report = map_swin_imagenet_state({"sem_seg_head.pixel_decoder.x": torch.zeros(1)}, expected, window_size=3)
-    assert any("--from official-mabp" in n for n in report.notes) and report.unexpected
+    with pytest.raises(ConversionError, match=r"unexpected(.|\n)*hint: .*--from official-mabp"):
+        report.raise_if_invalid()
+    # ... and the other way round: an ImageNet Swin given as the official MABP checkpoint.
+    _, report = map_official_state(_fake_microsoft_swin(), expected)
+    with pytest.raises(ConversionError, match=r"hint: .*--from swin-imagenet"):
+        report.raise_if_invalid()
 
 
 def test_bert_folder_is_loaded_strictly_or_refused(tmp_path):
