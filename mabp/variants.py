@@ -98,6 +98,8 @@ def _main_depth(dec: DecoderConfig) -> int:
         return n
     if value == "last":
         return 1
+    if isinstance(value, str) and value.isdigit():  # e.g. from a command-line override
+        value = int(value)
     if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= n:
         raise ValueError(f"decoder.main_supervision must be 'full', 'last' or an int in [1, {n}] "
                          f"(number of heads counted from the end), got {value!r}")

@@ -19,6 +19,16 @@ from mabp.postprocess import postprocess
 from mabp.tokenizer import TextTokenizer
 from mabp.variants import PAPER_MIN_PIXELS, VARIANTS, attention_mask_kind, supervised_heads, validate
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny tensors gain nothing from a second thread, and on shared busy cores OpenMP's spin-waiting
+    made these cases 10-50x slower; restore the suite's setting afterwards."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 SWITCHES_ALONE = {
     "query_random": {"decoder__query_init": "random"},
     "layers_ria_rla": {"decoder__layer_type": "ria_rla"},
@@ -88,6 +98,7 @@ def test_supervision_depth_mapping():
     assert supervised_heads(DecoderConfig(main_supervision="last")) == ([], [0, 1, 2, 3])
     assert supervised_heads(DecoderConfig(main_supervision=2)) == ([2], [0, 1, 2, 3])
     assert supervised_heads(DecoderConfig(main_supervision=4)) == ([0, 1, 2], [0, 1, 2, 3])
+    assert supervised_heads(DecoderConfig(main_supervision="3")) == ([1, 2], [0, 1, 2, 3])  # CLI strings
     assert supervised_heads(DecoderConfig(nt_supervision="last")) == ([0, 1, 2], [3])
     assert supervised_heads(DecoderConfig(nt_supervision="none")) == ([0, 1, 2], [])
     crit = build_criterion(get_config("tiny", decoder__main_supervision="last", decoder__nt_supervision="last"))
