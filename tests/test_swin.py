@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import warnings
 from pathlib import Path
 
@@ -355,13 +356,24 @@ def test_window_larger_than_map_and_odd_sizes():
 def test_bias_table_resize_on_load():
     src = tiny_model(window_size=3)
     dst = tiny_model(window_size=4, seed=3)
-    state = {"model": {"backbone." + k: v for k, v in src.state_dict().items()}}
+    # an ImageNet Swin file holds only the Swin parts (no PWAM, gates or per-stage output norms)
+    swin_only = {k: v for k, v in src.state_dict().items()
+                 if ".fusion." not in k and ".res_gate." not in k and not re.match(r"norm\d\.", k)}
+    state = {"model": dict(swin_only)}
     state["model"]["head.weight"] = torch.zeros(10, 128)
+    state["model"]["norm.weight"] = torch.ones(128)
     state["model"]["layers.0.blocks.1.attn_mask"] = torch.zeros(1)
-    missing, unexpected = dst.load_swin_weights(state)
-    assert missing == [] and unexpected == []
+    fresh, ignored = dst.load_swin_weights(state)
+    assert all(".fusion." in k or ".res_gate." in k or re.match(r"backbone\.norm\d\.", k) for k in fresh)
+    assert "head.weight" in ignored and "layers.0.blocks.1.attn_mask" in ignored
     assert dst.layers[0].blocks[0].attn.relative_position_bias_table.shape == (49, 1)
     assert torch.equal(dst.layers[2].blocks[1].mlp.fc1.weight, src.layers[2].blocks[1].mlp.fc1.weight)
+    # a file that lacks a Swin block never half-loads
+    from mabp.convert import ConversionError
+
+    broken = {k: v for k, v in swin_only.items() if not k.startswith("layers.2.blocks.1.")}
+    with pytest.raises(ConversionError, match="layers.2.blocks.1"):
+        dst.load_swin_weights(broken)
 
 
 @pytest.mark.slow

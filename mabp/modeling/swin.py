@@ -428,39 +428,27 @@ class SwinPWAMEncoder(nn.Module):
                           "differ from the gated ('pwam') model", stacklevel=3)
 
     def load_swin_weights(self, path_or_state: Union[str, Dict[str, Tensor]]) -> Tuple[List[str], List[str]]:
-        """Load visual weights (e.g. an ImageNet Swin checkpoint in the Microsoft layout, optionally wrapped
-        in {"model": ...} / {"state_dict": ...} or prefixed with "backbone.").
+        """Load ImageNet Swin weights (the Microsoft release layout, optionally wrapped in {"model": ...} /
+        {"state_dict": ...} or prefixed with "backbone.") into the Swin parts; PWAM, gates and output norms
+        stay fresh.
 
-        Classification-only entries (head, final norm, attn_mask buffers) are skipped; relative position bias
-        tables of another window size are resized bicubically. Returns (missing, unexpected) key lists.
+        Strict: every Swin entry must be present with the right shape (bias tables of another window are
+        resized bicubically); anything else raises mabp.convert.ConversionError listing the problems, so a
+        wrong file never half-loads. The mapping is the converter's (`map_swin_imagenet_state`).
+        Returns (fresh, ignored) key lists.
         """
-        if isinstance(path_or_state, str):
-            # A weights file is data from strangers: never unpickle code (weights_only=True). The shared
-            # reader explains unreadable files (detectron2 .pkl pickles, truncated downloads, ...).
-            from mabp.convert import load_weights_file  # local import: mabp.convert imports this module
+        # local import: mabp.convert imports this module
+        from mabp.convert import load_weights_file, map_swin_imagenet_state, unwrap_state
 
-            state = load_weights_file(path_or_state)
-        else:
-            state = path_or_state
-        for wrapper in ("model", "state_dict"):
-            if isinstance(state, dict) and wrapper in state and isinstance(state[wrapper], dict):
-                state = state[wrapper]
-        own = self.state_dict()
-        cleaned: Dict[str, Tensor] = {}
-        for key, value in state.items():
-            if not torch.is_tensor(value):
-                continue
-            key = key[len("backbone."):] if key.startswith("backbone.") else key
-            if key.endswith("attn_mask") or key.startswith("head.") or key in ("norm.weight", "norm.bias"):
-                continue
-            if key.endswith("relative_position_index"):
-                continue  # recomputed; depends only on the window size
-            if key.endswith("relative_position_bias_table") and key in own and value.shape != own[key].shape:
-                value = _resize_bias_table(value, own[key].shape[0])
-            cleaned[key] = value
-        result = self.load_state_dict(cleaned, strict=False)
-        missing = [k for k in result.missing_keys if not k.endswith("relative_position_index")]
-        return missing, list(result.unexpected_keys)
+        source = str(path_or_state) if isinstance(path_or_state, str) else "state dict"
+        raw = load_weights_file(path_or_state) if isinstance(path_or_state, str) else path_or_state
+        state, _ = unwrap_state(raw, source)
+        expected = {"backbone." + k: tuple(v.shape) for k, v in self.state_dict().items()}
+        mapped, report = map_swin_imagenet_state(state, expected, self.window_size, source=source)
+        report.raise_if_invalid()
+        result = self.load_state_dict({k[len("backbone."):]: v for k, v in mapped.items()}, strict=False)
+        assert not result.unexpected_keys, result.unexpected_keys
+        return list(report.fresh), [k for k, _ in report.ignored]
 
     @torch.no_grad()
     def language_free_stages(self) -> bool:
