@@ -83,6 +83,20 @@ def test_attention_mask_rule_own_window_or_foreground_language_never_masked():
     assert torch.equal(m[0], m[1])  # the same mask for every head
 
 
+def test_attention_mask_opens_visual_row_of_padding_only_window():
+    # 40x40 map with 16x16 windows (lite at 1/8): window 3 wide, padded to 48 (4 each side), so the
+    # first row of windows covers only padding. With no foreground, such a query's visual row is opened
+    # (official guard on the visual part), not left with language only.
+    logits = torch.full((1, 40, 40), -5.0)
+    m = region_attention_mask(logits, num_queries=256, num_heads=1, num_tokens=2)
+    geo = window_geometry(40, 40, 256)
+    owner = geo.region_index().flatten()
+    assert not (owner == 0).any()  # query 0 owns only padding
+    assert not m[0, 0].any()  # fully open
+    q = int(owner[20 * 40 + 20])  # an inner query keeps its window rule
+    assert torch.equal(~m[0, q, :1600], owner == q)
+
+
 def test_query_upsampling_is_nearest_row_major():
     n, b, c = 4, 1, 1
     x = torch.arange(n * n, dtype=torch.float32).view(n * n, b, c)

@@ -58,12 +58,13 @@ def region_attention_mask(logits: torch.Tensor, num_queries: int, num_heads: int
     owner = geo.region_index(logits.device).flatten()  # (HW,)
     inwin = owner[None, :] == torch.arange(num_queries, device=logits.device)[:, None]  # (Q, HW)
     blocked = ~fg[:, None, :] & ~inwin[None]  # (B, Q, HW)
+    # Mask2Former's guard, applied (as the official code does) to the VISUAL part before the language
+    # columns are appended: a query that owns only padding and sees no foreground gets its visual row
+    # opened. Never happens at 480; at other sizes windows made only of padding exist (e.g. 60 of the
+    # 256 queries at 1/8 and 1/4 for 320x320 inputs).
+    blocked = blocked & ~blocked.all(dim=-1, keepdim=True)
     lang_cols = torch.zeros(b, num_queries, num_tokens, dtype=torch.bool, device=logits.device)
     blocked = torch.cat([blocked, lang_cols], dim=2)
-    # Mask2Former's guard: a fully blocked row is opened (cannot happen here: every query owns pixels,
-    # except windows made only of padding at unusual sizes).
-    full = blocked.all(dim=-1, keepdim=True)
-    blocked = blocked & ~full
     return blocked.repeat_interleave(num_heads, dim=0).detach()
 
 
