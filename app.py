@@ -35,6 +35,7 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     ap.add_argument("--share", action="store_true", help="also open a public gradio.live link")
     ap.add_argument("--checkpoint", default=env.get("MABP_CHECKPOINT"),
                     help="MABP checkpoint (env MABP_CHECKPOINT; default assets/checkpoints/mabp-lite-synthgres.pt)")
+    ap.add_argument("--preset", default=None, help="serve an untrained preset instead (e.g. tiny for a smoke run)")
     ap.add_argument("--threads", type=int, default=int(env["MABP_THREADS"]) if env.get("MABP_THREADS") else None,
                     help="torch CPU threads (env MABP_THREADS; default min(2, cores))")
     ap.add_argument("--concurrency", type=int, default=2, help="events processed at once (queue limit)")
@@ -53,7 +54,7 @@ torch.set_num_threads(ARGS.threads or max(1, min(2, os.cpu_count() or 1)))
 from app.service import load_model  # noqa: E402
 from app.ui import create_app, launch_options  # noqa: E402
 
-LOADED = load_model(ARGS.checkpoint)
+LOADED = load_model(ARGS.checkpoint, preset=ARGS.preset)
 if LOADED.notice:
     log.warning("%s — serving %s", LOADED.notice, LOADED.source)
 demo = create_app(LOADED.predictor, notice=LOADED.notice, source=LOADED.source,

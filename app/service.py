@@ -61,25 +61,28 @@ def resolve_checkpoint(cli_value: Optional[str] = None, env: Optional[dict] = No
 
 
 def load_model(checkpoint: Optional[str] = None, fallback_preset: str = "lite", env: Optional[dict] = None,
-               device: str = "cpu") -> LoadedModel:
+               device: str = "cpu", preset: Optional[str] = None) -> LoadedModel:
     """Build the model once, on CPU. Nothing is downloaded: the lite preset's encoders come from
     installed packages, and a checkpoint (ours or a converted `paper` one) rebuilds from its config.
 
     The shipped checkpoint may not exist yet: then the lite preset (pretrained encoders, untrained
-    decoder) is used and the returned notice says so; app.py shows it and logs it.
+    decoder) is used and the returned notice says so; app.py shows it and logs it. `preset` (with
+    no checkpoint) asks for an untrained preset on purpose, e.g. "tiny" for a quick smoke run.
     """
     from mabp import build_mabp
 
     path, explicit = resolve_checkpoint(checkpoint, env)
     t0 = time.perf_counter()
+    if preset and not checkpoint:
+        path, explicit, fallback_preset = None, False, preset
     if path is not None and path.is_file():
         model = build_mabp(checkpoint=path)
         source, trained, notice = str(path), True, None
     elif explicit:
         raise FileNotFoundError(f"checkpoint not found: {path} (from --checkpoint or MABP_CHECKPOINT)")
     else:
-        log.warning("%s (%s missing); using preset %r with an untrained decoder", UNTRAINED_NOTICE, path,
-                    fallback_preset)
+        log.warning("%s (%s); using preset %r with an untrained decoder", UNTRAINED_NOTICE,
+                    f"{path} missing" if path else "--preset given", fallback_preset)
         model = build_mabp(fallback_preset)
         source, trained = f"preset {fallback_preset} (pretrained encoders, untrained decoder)", False
         notice = UNTRAINED_NOTICE

@@ -31,6 +31,7 @@ from mabp.introspect import Introspection, cluster_prototypes
 from mabp.predictor import GRESResult, MABPPredictor
 
 from . import render
+from .outputs import PngWriter
 from .service import NT_RULES, SegmentService
 
 log = logging.getLogger("mabp.app")
@@ -126,10 +127,14 @@ def scene_generator():
 class DemoCallbacks:
     """The event handlers, as plain methods so tests can call them on real arrays."""
 
-    def __init__(self, service: SegmentService, max_tokens: int = 20):
+    def __init__(self, service: SegmentService, max_tokens: int = 20, png: Optional[PngWriter] = None):
         self.service = service
         self.max_tokens = max_tokens
         self.random_scene = scene_generator()
+        self.png = png or PngWriter()  # every picture goes out as a unique file (see app/outputs.py)
+
+    def _file(self, image: Optional[np.ndarray], stem: str = "img") -> Optional[str]:
+        return None if image is None else self.png.write(image, stem)
 
     # ------------------------------------------------------------------------------ helpers
     def _image(self, image: Any, session: Session, progress: Any = None) -> Tuple[np.ndarray, str, Session]:
@@ -149,8 +154,9 @@ class DemoCallbacks:
         return MABPPredictor.check_text(text)
 
     def _seg_outputs(self, session: Session, rgb: np.ndarray, r: GRESResult, cached: bool) -> list:
-        overlay = render.segmentation_overlay(rgb, r.mask)
-        tiles = render.head_mask_tiles(rgb if session.display is None else session.display, r.head_masks)
+        overlay = self._file(render.segmentation_overlay(rgb, r.mask), "overlay")
+        tiles = [(self._file(t, "head"), c) for t, c in
+                 render.head_mask_tiles(rgb if session.display is None else session.display, r.head_masks)]
         set_ms = self.service.set_image_ms.get(session.key)
         latency = render.latency_text(r.latency_ms, set_ms, cached=cached)
         notes = self.service.notes.get(session.key)
@@ -285,7 +291,7 @@ class DemoCallbacks:
             caption += (f" Right: similarity of final region {j}'s prototype with every pixel's feature "
                         f"(the prototype of the {final.n}x{final.n} window under the selection).")
         slider = gr.Slider(minimum=0, maximum=len(sc.boxes) - 1, value=q, step=1)
-        return [slider, grid, sim, caption]
+        return [slider, self._file(grid, "regions"), self._file(sim, "similarity"), caption]
 
     def draw_attention(self, session: Session, layer: Any) -> list:
         info = session.info
@@ -304,7 +310,7 @@ class DemoCallbacks:
         caption = (f"**Decoder layer {i}** (scale {la.scale}, {la.n}x{la.n} region queries, map "
                    f"{la.grid_hw[1]}x{la.grid_hw[0]}). Query {q} puts {100 * img_mass:.0f}% of its "
                    f"cross-attention on the image and {100 * (1 - img_mass):.0f}% on the words.")
-        return [img, bars, caption]
+        return [self._file(img, "attention"), self._file(bars, "words"), caption]
 
     def draw_prototypes(self, session: Session, k: Any) -> list:
         info = session.info
@@ -325,7 +331,7 @@ class DemoCallbacks:
         caption = (f"**KMeans on the final {final.n}x{final.n} region prototypes** (paper Fig. 7): "
                    f"k = {c['k']}{' (reduced: fewer distinct prototypes)' if c['k'] != k else ''}, "
                    f"silhouette = {sil}. The ringed point is the selected region ({j}).")
-        return [img, scatter, caption]
+        return [self._file(img, "clusters"), self._file(scatter, "pca"), caption]
 
     def draw_language(self, session: Session, word: Any) -> list:
         info = session.info
@@ -346,7 +352,7 @@ class DemoCallbacks:
                    f"({coarse.n}x{coarse.n} grid) is a weighted sum of the words with these raw, "
                    f"un-normalised weights (red positive, blue negative). The map shows word "
                    f"'{info.tokens[w]}' over the grid.")
-        return [dropdown, heat, wmap, caption]
+        return [dropdown, self._file(heat, "word-weights"), self._file(wmap, "word-map"), caption]
 
     # ------------------------------------------------------------------------- selections
     def select_region(self, image: Any, tab: str, session: Optional[Session], scale_idx: Any, region: Any,
@@ -387,7 +393,7 @@ class DemoCallbacks:
         samples = [[sentence] for sentence, _ids, _tags in suggestions]
         banner = render.status_banner(None, message=f"Random scene #{s}: click a suggested expression or type "
                                       "your own.")
-        return [image, s, gr.Dataset(samples=samples), "", Session(), banner]
+        return [self._file(image, f"scene-{s}"), s, gr.Dataset(samples=samples), "", Session(), banner]
 
     @staticmethod
     def pick_suggestion(sample: Any) -> str:
@@ -396,7 +402,7 @@ class DemoCallbacks:
         return "" if sample is None else str(sample)
 
     # ---------------------------------------------------------------------------- API
-    def api_segment(self, image: Any, text: Any, threshold: Optional[float] = None) -> Tuple[np.ndarray, dict]:
+    def api_segment(self, image: Any, text: Any, threshold: Optional[float] = None) -> Tuple[str, dict]:
         """/segment: (image file, text, threshold) -> (mask PNG, JSON). Bad input -> clean gr.Error."""
         try:
             text = self._check_text(text)
@@ -412,7 +418,7 @@ class DemoCallbacks:
                 "area_fraction": round(float(r.area_fraction), 6), "latency_ms": round(float(r.latency_ms), 2),
                 "truncated": r.truncated, "height": int(mask.shape[0]), "width": int(mask.shape[1]),
                 "threshold": r.threshold, "nt_rule": r.nt_rule}
-        return mask, info
+        return self.png.write(mask, "mask"), info
 
 
 def _about(source: str) -> str:
@@ -517,7 +523,7 @@ def create_app(predictor: MABPPredictor, notice: Optional[str] = None, source: O
             api_image = gr.File(label="image", type="filepath")
             api_text = gr.Textbox(label="text")
             api_threshold = gr.Number(label="threshold", value=float(inf.threshold))
-            api_mask = gr.Image(label="mask", format="png", type="numpy")
+            api_mask = gr.Image(label="mask", format="png", type="filepath")
             api_json = gr.JSON(label="result")
             api_btn = gr.Button("segment")
         api_btn.click(cb.api_segment, [api_image, api_text, api_threshold], [api_mask, api_json],

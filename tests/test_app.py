@@ -41,6 +41,13 @@ def _is_error(outputs) -> bool:
     return "mabp-error" in outputs[1]
 
 
+def _img(path):
+    """Pictures leave the callbacks as unique PNG files (app/outputs.py): read one back as RGB."""
+    assert isinstance(path, str), path
+    arr = cv2.imread(path, cv2.IMREAD_UNCHANGED)
+    return cv2.cvtColor(arr, cv2.COLOR_BGR2RGB) if arr.ndim == 3 else arr
+
+
 # ------------------------------------------------------------------------------------------ build
 def test_ui_builds_with_lean_api_and_notice(demo):
     assert isinstance(demo, gr.Blocks)
@@ -71,8 +78,8 @@ def test_segment_outputs_at_original_resolution(cb, files):
     out = cb.segment(str(files["rgb"]), "the red circle", 0.5, "any", "segmentation", None)
     session, banner, overlay, tiles, latency, trunc = out
     assert isinstance(session, Session) and session.result is not None and session.info is None  # lazy
-    assert overlay.shape == (120, 90, 3) and overlay.dtype == np.uint8
-    assert len(tiles) == 4 and all(t[0].ndim == 3 for t in tiles)
+    assert _img(overlay).shape == (120, 90, 3)
+    assert len(tiles) == 4 and all(_img(t[0]).ndim == 3 for t in tiles)
     assert ("No target" in banner) == session.result.no_target
     assert "model time" in latency and trunc == ""
     # a new threshold on the same text re-uses the model outputs
@@ -89,7 +96,7 @@ def test_forced_no_target_banner_and_overlay_banner(files):
     force_no_target(pred.model, False)
     out = cbx.segment(str(files["rgb"]), "everything", 0.01, "any", "segmentation", None)
     assert "Target found" in out[1] and out[0].result.mask.any()
-    assert not np.array_equal(out[2], cv2.cvtColor(cv2.imread(str(files["rgb"])), cv2.COLOR_BGR2RGB))
+    assert not np.array_equal(_img(out[2]), _img(str(files["rgb"])))
 
 
 def test_long_expression_is_truncated_with_a_note(cb, files):
@@ -115,19 +122,20 @@ def test_each_tab_renders_on_real_arrays(cb, files, seeded):
     reg = cb.render_tab(img, "regions", seeded, 1, 0, 0, 4, None)
     session = reg[0]
     assert session.info is not None  # introspection computed on first look
-    assert reg[2].shape == (120, 90, 3) and reg[3].shape == (120, 90, 3) and "8x8" in reg[4]
+    assert _img(reg[2]).shape == (120, 90, 3) and _img(reg[3]).shape == (120, 90, 3) and "8x8" in reg[4]
     assert all(o == gr.skip() for o in reg[5:])  # other tabs untouched
     for s in range(4):
         r = cb.render_tab(img, "regions", session, s, 0, 0, 4, None)
-        assert r[2].shape == (120, 90, 3)
+        assert _img(r[2]).shape == (120, 90, 3)
     att = cb.render_tab(img, "attention", session, 1, 0, 4, 4, None)
-    assert att[5].shape == (120, 90, 3) and att[6].ndim == 3 and "Decoder layer 4" in att[7]
+    assert _img(att[5]).shape == (120, 90, 3) and _img(att[6]).ndim == 3 and "Decoder layer 4" in att[7]
     assert all(o == gr.skip() for o in att[1:5] + att[8:])
     pro = cb.render_tab(img, "prototypes", session, 1, 0, 0, 3, None)
-    assert pro[8].shape == (120, 90, 3) and pro[9].ndim == 3 and "k = 3" in pro[10] and "silhouette" in pro[10]
+    assert _img(pro[8]).shape == (120, 90, 3) and _img(pro[9]).ndim == 3
+    assert "k = 3" in pro[10] and "silhouette" in pro[10]
     assert 3 in session.clusters  # KMeans cached per k
     lang = cb.render_tab(img, "language", session, 1, 0, 0, 4, "2")
-    assert lang[12].ndim == 3 and lang[13].shape == (120, 90, 3) and "'red'" in lang[14]
+    assert _img(lang[12]).ndim == 3 and _img(lang[13]).shape == (120, 90, 3) and "'red'" in lang[14]
 
 
 def test_tab_before_any_prediction_explains(cb, files):
@@ -191,10 +199,10 @@ def test_bad_rule_is_an_error(cb, files):
                                        ("png16", "16-bit"), ("gray16", "16-bit")])
 def test_awkward_but_valid_images_are_accepted_with_a_note(cb, files, kind, note):
     out = cb.segment(str(files[kind]), "the red circle", 0.5, "any", "segmentation", None)
-    assert not _is_error(out) and out[2].shape == (120, 90, 3)
+    assert not _is_error(out) and _img(out[2]).shape == (120, 90, 3)
     assert note in out[4]
     mask, info = cb.api_segment(str(files[kind]), "the red circle", 0.5)
-    assert mask.shape == (120, 90) and mask.dtype == np.uint8
+    assert _img(mask).shape == (120, 90) and _img(mask).dtype == np.uint8
 
 
 def test_decoding_matches_the_pixels(files):
@@ -237,11 +245,11 @@ def test_new_scene_and_suggestions(cb):
         pytest.skip("SynthGRES is not importable here")
     out = cb.new_scene(7)
     image, seed, dataset, text, session, banner = out
-    assert image.shape == (320, 320, 3) and seed == 7 and text == "" and "Random scene #7" in banner
+    assert _img(image).shape == (320, 320, 3) and seed == 7 and text == "" and "Random scene #7" in banner
     samples = dataset.constructor_args["samples"] if hasattr(dataset, "constructor_args") else dataset.samples
     assert len(samples) >= 1 and all(isinstance(s[0], str) and s[0] for s in samples)
     assert cb.pick_suggestion(samples[0]) == samples[0][0]
-    assert np.array_equal(cb.new_scene(7)[0], image)  # a seed is reproducible
+    assert np.array_equal(_img(cb.new_scene(7)[0]), _img(image))  # a seed is reproducible
     assert cb.new_scene(0)[1] > 0  # 0 = random
 
 
@@ -329,3 +337,15 @@ def test_gradio_client_round_trip(demo, files):
         # the server survived every bad request
         _, info2 = client.predict(handle_file(str(SCENE)), "all squares", 0.5, api_name="/segment")
         assert "latency_ms" in info2
+
+
+def test_png_writer_gives_every_picture_its_own_file(tmp_path):
+    from app.outputs import PngWriter
+
+    w = PngWriter(tmp_path)
+    empty = np.zeros((30, 40), np.uint8)  # two identical "no target" masks (the race Gradio's own cache has)
+    a, b = w.write(empty, "mask"), w.write(empty, "mask")
+    assert a != b and np.array_equal(_img(a), _img(b)) and _img(a).shape == (30, 40)
+    rgb = np.random.RandomState(0).randint(0, 255, (8, 9, 3)).astype(np.uint8)
+    assert np.array_equal(_img(w.write(rgb)), rgb)  # colour order preserved
+    assert not list(tmp_path.glob("*.tmp"))

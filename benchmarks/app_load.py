@@ -1,0 +1,224 @@
+"""Load test of the running demo: N concurrent gradio_client clients calling /segment on 127.0.0.1.
+
+    python benchmarks/app_load.py                      # launches `python app.py` on a free port, 20 x 5
+    python benchmarks/app_load.py --app-args --preset tiny           # quick smoke run
+    python benchmarks/app_load.py --url http://127.0.0.1:7860/ --pid 1234   # attach to a running app
+
+Bounded: each client makes --requests requests (default 5), each request has a timeout, and the whole
+run has a deadline (--deadline s); then it stops by itself. Loopback only: any other host is refused.
+Reports wall-clock latency per request (p50/p95/max, what a client waits, queueing included), the
+server's model time per request (latency_ms from the JSON), errors, throughput and the server's peak
+memory (psutil if installed, else VmHWM from /proc/<pid>/status). The server it launched is stopped.
+"""
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import threading
+import time
+import urllib.parse
+import urllib.request
+from pathlib import Path
+from typing import Dict, List, Optional
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLES = ROOT / "assets" / "examples"
+TEXTS = ["the red circle", "all squares", "the two shapes on the left", "everything but the stars",
+         "the purple elephant", "the big shape at the bottom", "the cat", "the woman", "the cup of coffee"]
+
+
+def _is_loopback(url: str) -> bool:
+    host = urllib.parse.urlparse(url).hostname or ""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def peak_memory_mb(pid: int) -> Dict[str, Optional[float]]:
+    """Peak and current resident memory of a process (MB)."""
+    try:
+        import psutil  # type: ignore
+
+        p = psutil.Process(pid)
+        info = p.memory_info()
+        peak = getattr(info, "peak_wset", None)  # Windows only; Linux falls back to /proc below
+        if peak is not None:
+            return {"peak_rss_mb": peak / 2**20, "rss_mb": info.rss / 2**20, "source": "psutil"}
+    except Exception:
+        pass
+    out: Dict[str, Optional[float]] = {"peak_rss_mb": None, "rss_mb": None, "source": "/proc"}
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                out["peak_rss_mb"] = int(line.split()[1]) / 1024
+            elif line.startswith("VmRSS:"):
+                out["rss_mb"] = int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return out
+
+
+def wait_ready(url: str, proc: Optional[subprocess.Popen], timeout: float) -> None:
+    t0 = time.time()
+    while time.time() - t0 < timeout:
+        if proc is not None and proc.poll() is not None:
+            raise SystemExit(f"the app exited with {proc.returncode} before it was ready")
+        try:
+            with urllib.request.urlopen(url + "config", timeout=5) as r:
+                if r.status == 200:
+                    return
+        except Exception:
+            time.sleep(1.0)
+    raise SystemExit(f"the app at {url} was not ready after {timeout:.0f} s")
+
+
+def percentile(values: List[float], q: float) -> Optional[float]:
+    if not values:
+        return None
+    s = sorted(values)
+    k = (len(s) - 1) * q
+    lo, hi = int(k), min(int(k) + 1, len(s) - 1)
+    return s[lo] + (s[hi] - s[lo]) * (k - lo)
+
+
+def run_load(url: str, clients: int, requests: int, deadline_s: float, timeout_s: float) -> dict:
+    from gradio_client import Client, handle_file
+
+    images = sorted(p for p in EXAMPLES.iterdir() if p.suffix in (".png", ".jpg"))[:4] or [EXAMPLES / "scene.png"]
+    lock = threading.Lock()
+    walls: List[float] = []
+    model_ms: List[float] = []
+    errors: List[str] = []
+    end = time.time() + deadline_s
+    start_barrier = threading.Barrier(clients)
+
+    def client_loop(cid: int) -> None:
+        try:
+            client = Client(url, verbose=False)
+        except Exception as exc:
+            with lock:
+                errors.append(f"client {cid}: connect: {exc}")
+            start_barrier.abort()
+            return
+        try:
+            start_barrier.wait(timeout=120)
+        except threading.BrokenBarrierError:
+            pass
+        for i in range(requests):
+            if time.time() > end:
+                with lock:
+                    errors.append(f"client {cid}: deadline reached before request {i}")
+                break
+            image = images[(cid + i) % len(images)]
+            text = TEXTS[(cid * requests + i) % len(TEXTS)] + ("" if i < len(TEXTS) else f" {i}")
+            t0 = time.perf_counter()
+            try:
+                job = client.submit(handle_file(str(image)), text, 0.5, api_name="/segment")
+                _mask, info = job.result(timeout=max(1.0, min(timeout_s, end - time.time())))
+                with lock:
+                    walls.append((time.perf_counter() - t0) * 1000)
+                    model_ms.append(float(info["latency_ms"]))
+            except Exception as exc:
+                with lock:
+                    errors.append(f"client {cid} request {i}: {type(exc).__name__}: {exc}"[:300])
+        try:
+            client.close()
+        except Exception:
+            pass
+
+    t0 = time.time()
+    threads = [threading.Thread(target=client_loop, args=(c,), daemon=True) for c in range(clients)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join(timeout=max(0.0, end - time.time()) + timeout_s + 30)
+    elapsed = time.time() - t0
+    return {
+        "clients": clients, "requests_per_client": requests, "completed": len(walls), "errors": len(errors),
+        "error_samples": errors[:5], "elapsed_s": round(elapsed, 1),
+        "throughput_rps": round(len(walls) / elapsed, 2) if elapsed > 0 else None,
+        "wall_ms": {"p50": percentile(walls, 0.5), "p95": percentile(walls, 0.95), "max": max(walls, default=None)},
+        "model_ms": {"p50": percentile(model_ms, 0.5), "p95": percentile(model_ms, 0.95),
+                     "mean": statistics.fmean(model_ms) if model_ms else None},
+    }
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--url", help="attach to a running app (loopback only) instead of launching one")
+    ap.add_argument("--pid", type=int, help="the attached app's process id, for its memory")
+    ap.add_argument("--clients", type=int, default=20)
+    ap.add_argument("--requests", type=int, default=5, help="requests per client")
+    ap.add_argument("--deadline", type=float, default=600.0, help="stop everything after this many seconds")
+    ap.add_argument("--timeout", type=float, default=300.0, help="per-request timeout (s)")
+    ap.add_argument("--startup-timeout", type=float, default=300.0)
+    ap.add_argument("--json", help="also write the summary here")
+    ap.add_argument("--server-log", help="write the launched app's output here (default: discarded)")
+    ap.add_argument("--app-args", nargs=argparse.REMAINDER, default=[], help="extra arguments for app.py")
+    args = ap.parse_args(argv)
+
+    proc = None
+    if args.url:
+        url = args.url if args.url.endswith("/") else args.url + "/"
+        if not _is_loopback(url):
+            raise SystemExit(f"refusing to load-test {url}: only 127.0.0.1 / localhost / ::1 are allowed")
+        pid = args.pid
+    else:
+        port = _free_port()
+        url = f"http://127.0.0.1:{port}/"
+        env = dict(os.environ, GRADIO_ANALYTICS_ENABLED="False", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+        log = open(args.server_log or os.devnull, "w")
+        proc = subprocess.Popen([sys.executable, str(ROOT / "app.py"), "--host", "127.0.0.1", "--port", str(port),
+                                 *args.app_args], cwd=str(ROOT), env=env, stdout=log, stderr=subprocess.STDOUT)
+        pid = proc.pid
+    try:
+        t0 = time.time()
+        wait_ready(url, proc, args.startup_timeout)
+        startup = time.time() - t0
+        idle = peak_memory_mb(pid) if pid else {}
+        summary = run_load(url, args.clients, args.requests, args.deadline, args.timeout)
+        summary["startup_s"] = round(startup, 1) if proc else None
+        summary["memory_before_load"] = idle
+        summary["memory"] = peak_memory_mb(pid) if pid else {"note": "pass --pid to report the server's memory"}
+        summary["url"] = url
+        summary["server_alive_after"] = proc is None or proc.poll() is None
+    finally:
+        if proc is not None:
+            proc.terminate()
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+    w, m = summary["wall_ms"], summary["model_ms"]
+    fmt = lambda v: "n/a" if v is None else f"{v:.0f}"  # noqa: E731
+    print(f"{summary['completed']}/{args.clients * args.requests} requests in {summary['elapsed_s']} s "
+          f"({summary['throughput_rps']} req/s), {summary['errors']} errors")
+    print(f"wall latency  p50 {fmt(w['p50'])} ms, p95 {fmt(w['p95'])} ms, max {fmt(w['max'])} ms")
+    print(f"model time    p50 {fmt(m['p50'])} ms, p95 {fmt(m['p95'])} ms")
+    mem = summary["memory"]
+    if mem.get("peak_rss_mb"):
+        print(f"server memory peak {mem['peak_rss_mb']:.0f} MB (idle {summary['memory_before_load'].get('rss_mb') or 0:.0f} MB, "
+              f"{mem['source']})")
+    print(json.dumps(summary))
+    if args.json:
+        Path(args.json).write_text(json.dumps(summary, indent=1))
+    return 0 if summary["errors"] == 0 and summary["server_alive_after"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
