@@ -349,3 +349,15 @@ def test_png_writer_gives_every_picture_its_own_file(tmp_path):
     rgb = np.random.RandomState(0).randint(0, 255, (8, 9, 3)).astype(np.uint8)
     assert np.array_equal(_img(w.write(rgb)), rgb)  # colour order preserved
     assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_spaces_front_matter_matches_the_pinned_gradio():
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    assert readme.startswith("---\n")
+    front = readme.split("---\n")[1]
+    meta = dict(line.split(": ", 1) for line in front.strip().splitlines())
+    assert meta["sdk"] == "gradio" and meta["app_file"] == "app.py" and meta["license"] == "mit"
+    assert meta["pinned"] == "false" and len(meta["short_description"]) <= 60
+    assert meta["sdk_version"] == gr.__version__  # the installed, pinned gradio
+    reqs = (ROOT / "requirements.txt").read_text()
+    assert f"gradio=={meta['sdk_version']}" in reqs
