@@ -341,3 +341,14 @@ def test_lite_config_builds_the_intended_optimizer(tmp_path):
         assert g["base_lr"] == pytest.approx(lr * (0.1 if pretrained else 1.0)), n
     assert any(n.startswith("backbone.fusions.") and g["base_lr"] == lr for n, g in by_name.items())
     assert trainer.global_batch == 8 and trainer.steps_per_epoch == 1000 and not trainer.amp
+
+
+def test_data_order_independent_of_workers(tmp_path):
+    """The batches (hence the weights) do not depend on the number of DataLoader workers."""
+    runs = []
+    for workers in (0, 1):
+        out = tmp_path / f"w{workers}"
+        fit(str(TINY), extra=tiny_extra(out, data={"num_workers": workers}, schedule={"max_steps": 2},
+                                        train={"eval_every": 0, "ckpt_every": 0}))
+        runs.append(weights(out / "last.pt"))
+    assert all(torch.equal(runs[0][k], runs[1][k]) for k in runs[0])

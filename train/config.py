@@ -52,6 +52,10 @@ Schema (every key, its default and meaning)::
       resume: auto              # auto (resume <output_dir>/last.pt if present) | a path | null (fresh)
       max_nonfinite: 5          # stop after this many consecutive NaN/inf steps
       tensorboard: true         # log to TensorBoard too when it is installed
+      num_threads: null         # torch intra-op threads per process (null = torch's default); on a
+                                # shared CPU, 1 is often faster
+      find_unused_parameters: false  # DDP: set true for ablations whose loss leaves some heads unused
+                                     # (frozen BERT parts need not: they have requires_grad=False)
     loss: {}                    # LossConfig overrides (weights, pos_weight, ...); the supervised heads
                                 # follow the model's decoder.main_supervision / nt_supervision
     eval:
@@ -84,7 +88,8 @@ DEFAULTS: Dict[str, Any] = {
                  "warmup_factor": 0.001},
     "train": {"batch_size": 2, "eval_batch_size": None, "amp": "auto", "device": "auto", "seed": 0,
               "log_every": 10, "eval_every": 500, "ckpt_every": 500, "output_dir": None,
-              "resume": "auto", "max_nonfinite": 5, "tensorboard": True},
+              "resume": "auto", "max_nonfinite": 5, "tensorboard": True, "num_threads": None,
+              "find_unused_parameters": False},
     "loss": {},
     "eval": {"nt_rule": "any", "threshold": 0.5, "min_pixels": 0},
 }
@@ -258,6 +263,8 @@ def validate(cfg: Dict[str, Any]) -> None:
         _check(isinstance(t[key], int) and t[key] >= 0, f"train.{key} must be an int >= 0")
     _check(isinstance(t["max_nonfinite"], int) and t["max_nonfinite"] > 0, "train.max_nonfinite must be a positive int")
     _check(isinstance(t["seed"], int), "train.seed must be an int")
+    _check(t["num_threads"] is None or (isinstance(t["num_threads"], int) and t["num_threads"] > 0),
+           "train.num_threads must be null or a positive int")
     _check(e["nt_rule"] in ("first", "last", "any"), "eval.nt_rule must be first, last or any")
     _check(isinstance(e["threshold"], (int, float)) and 0 < e["threshold"] < 1, "eval.threshold must be in (0, 1)")
 

@@ -131,6 +131,12 @@ def build_datasets(cfg: Dict[str, Any], image_size: int):
     return train_ds, val_ds
 
 
+def _worker_ignores_sigint(worker_id: int) -> None:  # noqa: ARG001 - DataLoader API
+    """DataLoader workers ignore Ctrl-C: the main process decides when to stop (after the current step,
+    saving last.pt) and shuts them down; a worker killed by the same SIGINT would break that step."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 # --------------------------------------------------------------------------------------------- trainer
 Hook = Callable[["Trainer"], None]
 
@@ -149,6 +155,8 @@ class Trainer:
         self.cfg = cfg
         self.hooks = list(hooks)
         t, o, s = cfg["train"], cfg["optim"], cfg["schedule"]
+        if t["num_threads"]:
+            torch.set_num_threads(int(t["num_threads"]))
         self.dist = dist_info or D.init_distributed(t["device"])
         self.device = self.dist.device
         self.is_main = self.dist.is_main
@@ -178,7 +186,8 @@ class Trainer:
             ids = [self.device.index] if self.device.type == "cuda" else None
             # Frozen parts have requires_grad=False, so every parameter DDP sees gets a gradient:
             # no find_unused_parameters (and its extra graph traversal) needed.
-            self.model: nn.Module = nn.parallel.DistributedDataParallel(model, device_ids=ids)
+            self.model: nn.Module = nn.parallel.DistributedDataParallel(
+                model, device_ids=ids, find_unused_parameters=bool(t["find_unused_parameters"]))
         else:
             self.model = model
         seed_all(t["seed"] + self.dist.rank)
@@ -210,7 +219,7 @@ class Trainer:
         shard = eval_shard(n_val, self.dist.rank, self.dist.world_size)
         self.val_loader = DataLoader(Subset(self.val_ds, shard), batch_size=t["eval_batch_size"] or self.batch_size,
                                      shuffle=False, collate_fn=self.collator, num_workers=d["num_workers"],
-                                     pin_memory=self.device.type == "cuda")
+                                     pin_memory=self.device.type == "cuda", worker_init_fn=_worker_ignores_sigint)
 
         # Run state (what last.pt stores).
         self.step = 0
@@ -425,7 +434,7 @@ class Trainer:
         gen = torch.Generator().manual_seed(self.cfg["train"]["seed"] * 1000 + epoch)
         return DataLoader(self.train_ds, batch_sampler=sampler, collate_fn=self.collator,
                           num_workers=self.cfg["data"]["num_workers"], generator=gen,
-                          pin_memory=self.device.type == "cuda")
+                          pin_memory=self.device.type == "cuda", worker_init_fn=_worker_ignores_sigint)
 
     def _install_signal_handlers(self) -> Dict[int, Any]:
         if threading.current_thread() is not threading.main_thread():
@@ -560,7 +569,8 @@ class Trainer:
             f"run folder: {self.out_dir}",
             f"model: {self.model_cfg.preset} at {self.image_size}x{self.image_size}, {n_all:,} parameters, "
             f"{n_train:,} trainable ({len(self.frozen)} frozen BERT tensors)",
-            f"device: {self.device}, world size {self.dist.world_size}, amp {'fp16' if self.amp else 'off'}",
+            f"device: {self.device}, world size {self.dist.world_size}, amp {'fp16' if self.amp else 'off'}, "
+            f"{torch.get_num_threads()} CPU threads per process",
             f"batch: {self.batch_size} per process x {self.dist.world_size} = {self.global_batch} total; "
             f"{self.steps_per_epoch} steps per epoch of {self.epoch_length} samples; "
             f"{self.cfg['schedule']['max_steps']} steps",
