@@ -627,8 +627,9 @@ def plot_curves(log_path: Path, png_path: Path) -> Optional[Path]:
         pts = [(r["step"], r[k]) for r in train if r.get(k) is not None]
         if pts:
             xs, ys = zip(*pts)
+            # Markers while there are few points: a one-point line would be invisible.
             ax1.plot(xs, ys, label=k.replace("loss_", "") if k != "loss" else "total",
-                     linewidth=2 if k == "loss" else 1)
+                     linewidth=2 if k == "loss" else 1, marker="." if len(xs) < 30 else None)
     pts = [(r["step"], r["val_loss"]) for r in evals if r.get("val_loss") is not None]
     if pts:
         xs, ys = zip(*pts)
@@ -650,6 +651,8 @@ def plot_curves(log_path: Path, png_path: Path) -> Optional[Path]:
     ax2.set_title("validation")
     if ax2.lines:
         ax2.legend(fontsize=7)
+    else:
+        ax2.text(0.5, 0.5, "no evaluation yet", ha="center", va="center", transform=ax2.transAxes)
     fig.tight_layout()
     png_path = Path(png_path)
     tmp = png_path.with_name(png_path.stem + ".tmp.png")

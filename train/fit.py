@@ -70,6 +70,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     except (ConfigError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    if int(os.environ.get("RANK", "0")) != 0:  # under torchrun, rank 0 speaks for the run
+        return 130 if result["interrupted"] else 0
     if result["interrupted"]:
         print(f"interrupted at step {result['step']}; resume with the same command", file=sys.stderr)
         return 130
