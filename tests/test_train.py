@@ -352,3 +352,19 @@ def test_data_order_independent_of_workers(tmp_path):
                                         train={"eval_every": 0, "ckpt_every": 0}))
         runs.append(weights(out / "last.pt"))
     assert all(torch.equal(runs[0][k], runs[1][k]) for k in runs[0])
+
+
+def test_real_dataset_path_on_a_synthgres_export(tmp_path):
+    """The gRefCOCO loader in train mode (one ref, random sentence; set_epoch every epoch), images of
+    another size squashed to 96 by the collator, epochs capped by data.epoch_length."""
+    from train.data.synthgres import export_split
+
+    root = tmp_path / "export"
+    export_split("train", str(root), num=16, size=64, progress=False)
+    export_split("val", str(root), num=4, size=64, progress=False)
+    epochs = []
+    result = fit(str(TINY), extra=tiny_extra(
+        tmp_path / "run", data={"dataset": "grefcoco", "root": str(root), "size": None, "epoch_length": 4},
+        schedule={"max_steps": 3}, train={"eval_every": 3}), hooks=[lambda t: epochs.append(t.train_ds.epoch)])
+    assert result["step"] == 3 and epochs == [0, 0, 1]
+    assert result["last_metrics"]["n"] == 4
