@@ -45,6 +45,7 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
 # Only the real command line is parsed: imported by Spaces, pytest or `gradio app.py`, sys.argv is theirs.
 ARGS = parse_args(sys.argv[1:] if __name__ == "__main__" else [])
 logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+logging.getLogger("httpx").setLevel(logging.WARNING)  # Gradio's own start-up checks log every request at INFO
 log = logging.getLogger("mabp.app")
 
 import torch  # noqa: E402  (after the environment above)

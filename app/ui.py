@@ -103,14 +103,16 @@ def load_examples(examples_dir: Path = EXAMPLES_DIR) -> Tuple[List[List[str]], L
     except (OSError, ValueError) as exc:
         log.warning("could not read %s: %s", manifest, exc)
         return [], []
+    items = [(examples_dir / it["file"], it) for it in data.get("examples", []) if (examples_dir / it["file"]).is_file()]
     rows, labels = [], []
-    for item in data.get("examples", []):
-        path = examples_dir / item["file"]
-        if not path.is_file():
-            continue
-        for text in item.get("expressions", [])[:3]:
-            rows.append([str(path), text])
-            labels.append(f"{item.get('title', path.stem)}: {text}")
+    # Round-robin over the images (first expression of every image, then the second ...), so the first
+    # page of the gallery shows every image, photos included.
+    for rank in range(3):
+        for path, item in items:
+            exprs = item.get("expressions", [])
+            if rank < len(exprs):
+                rows.append([str(path), exprs[rank]])
+                labels.append(f"{item.get('title', path.stem)}: {exprs[rank]}")
     return rows, labels
 
 
@@ -304,12 +306,15 @@ class DemoCallbacks:
         img = render.map_overlay(session.display, la.image[q], box=render.scale_boxes(boxes, session.scale)[q])
         words = render.real_words(info.tokens, info.token_mask)
         values = [float(la.language[q, j]) for j, _ in words]
-        bars = render.word_bar_chart([t for _, t in words], values,
-                                     title=f"layer {i}, query {q}: attention on each word")
+        bars = render.word_bar_chart([t for _, t in words], values)
         img_mass = float(la.image[q].sum())
+        word_mass = float(sum(values))
+        pad_mass = max(0.0, float(la.language[q].sum()) - word_mass)
         caption = (f"**Decoder layer {i}** (scale {la.scale}, {la.n}x{la.n} region queries, map "
-                   f"{la.grid_hw[1]}x{la.grid_hw[0]}). Query {q} puts {100 * img_mass:.0f}% of its "
-                   f"cross-attention on the image and {100 * (1 - img_mass):.0f}% on the words.")
+                   f"{la.grid_hw[1]}x{la.grid_hw[0]}). Query {q} (the region under the selection) puts "
+                   f"{100 * img_mass:.0f}% of its cross-attention on the image, {100 * word_mass:.0f}% on the "
+                   f"words" + (f" and {100 * pad_mass:.0f}% on padding tokens (not masked in the memory)"
+                               if pad_mass >= 0.005 else "") + ".")
         return [self._file(img, "attention"), self._file(bars, "words"), caption]
 
     def draw_prototypes(self, session: Session, k: Any) -> list:
@@ -513,8 +518,9 @@ def create_app(predictor: MABPPredictor, notice: Optional[str] = None, source: O
                                             interactive=False)
                         lang_md = gr.Markdown()
         if rows:
-            examples = gr.Examples(examples=rows, inputs=[image, text], cache_examples=False, label="Examples",
-                                   examples_per_page=12, example_labels=labels)
+            examples = gr.Examples(examples=rows, inputs=[image, text], cache_examples=False,
+                                   label="Examples (SynthGRES scenes and CC0 / public-domain photos)",
+                                   examples_per_page=len({r[0] for r in rows}))
         else:
             examples = None
 

@@ -96,7 +96,8 @@ def percentile(values: List[float], q: float) -> Optional[float]:
     return s[lo] + (s[hi] - s[lo]) * (k - lo)
 
 
-def run_load(url: str, clients: int, requests: int, deadline_s: float, timeout_s: float) -> dict:
+def run_load(url: str, clients: int, requests: int, deadline_s: float, timeout_s: float,
+             unique_texts: bool = True) -> dict:
     from gradio_client import Client, handle_file
 
     images = sorted(p for p in EXAMPLES.iterdir() if p.suffix in (".png", ".jpg"))[:4] or [EXAMPLES / "scene.png"]
@@ -125,7 +126,9 @@ def run_load(url: str, clients: int, requests: int, deadline_s: float, timeout_s
                     errors.append(f"client {cid}: deadline reached before request {i}")
                 break
             image = images[(cid + i) % len(images)]
-            text = TEXTS[(cid * requests + i) % len(TEXTS)] + ("" if i < len(TEXTS) else f" {i}")
+            text = TEXTS[(cid * requests + i) % len(TEXTS)]
+            if unique_texts:  # defeat the per-(image, text) output cache: every request is new model work
+                text += f" number {cid * requests + i}"
             t0 = time.perf_counter()
             try:
                 job = client.submit(handle_file(str(image)), text, 0.5, api_name="/segment")
@@ -149,7 +152,7 @@ def run_load(url: str, clients: int, requests: int, deadline_s: float, timeout_s
         th.join(timeout=max(0.0, end - time.time()) + timeout_s + 30)
     elapsed = time.time() - t0
     return {
-        "clients": clients, "requests_per_client": requests, "completed": len(walls), "errors": len(errors),
+        "clients": clients, "requests_per_client": requests, "unique_texts": unique_texts, "completed": len(walls), "errors": len(errors),
         "error_samples": errors[:5], "elapsed_s": round(elapsed, 1),
         "throughput_rps": round(len(walls) / elapsed, 2) if elapsed > 0 else None,
         "wall_ms": {"p50": percentile(walls, 0.5), "p95": percentile(walls, 0.95), "max": max(walls, default=None)},
@@ -167,6 +170,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     ap.add_argument("--deadline", type=float, default=600.0, help="stop everything after this many seconds")
     ap.add_argument("--timeout", type=float, default=300.0, help="per-request timeout (s)")
     ap.add_argument("--startup-timeout", type=float, default=300.0)
+    ap.add_argument("--repeat-texts", action="store_true",
+                    help="reuse a few texts (cache hits) instead of a new text per request")
     ap.add_argument("--json", help="also write the summary here")
     ap.add_argument("--server-log", help="write the launched app's output here (default: discarded)")
     ap.add_argument("--app-args", nargs=argparse.REMAINDER, default=[], help="extra arguments for app.py")
@@ -191,7 +196,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         wait_ready(url, proc, args.startup_timeout)
         startup = time.time() - t0
         idle = peak_memory_mb(pid) if pid else {}
-        summary = run_load(url, args.clients, args.requests, args.deadline, args.timeout)
+        summary = run_load(url, args.clients, args.requests, args.deadline, args.timeout,
+                           unique_texts=not args.repeat_texts)
         summary["startup_s"] = round(startup, 1) if proc else None
         summary["memory_before_load"] = idle
         summary["memory"] = peak_memory_mb(pid) if pid else {"note": "pass --pid to report the server's memory"}
