@@ -327,20 +327,27 @@ def test_cli_runs_and_resume_requires_training_state(tmp_path):
 
 
 def test_lite_config_builds_the_intended_optimizer(tmp_path):
-    """lite_synthgres.yaml: MiniLM (6 layers) loses its embeddings + layers 4-5 to the quirk; the pretrained
-    EfficientNet stages and MiniLM run at 0.1 x lr; everything new at lr."""
+    """lite_synthgres.yaml builds: MiniLM (6 layers) loses its embeddings + layers 4-5 to the quirk, every
+    optimizer group runs at lr x its longest-prefix multiplier, nothing frozen is optimised. (Values are
+    read from the config, which is tuned elsewhere.)"""
     cfg = load_config(CONFIGS / "lite_synthgres.yaml", [f"train.output_dir={tmp_path}", "data.val_samples=2"])
     trainer = Trainer(cfg)
-    lr = cfg["optim"]["lr"]
-    assert all(n.startswith(("text_encoder.bert.embeddings.", "text_encoder.bert.encoder.layer.4.",
-                             "text_encoder.bert.encoder.layer.5.")) for n in trainer.frozen)
+    o = cfg["optim"]
+    quirk = ("text_encoder.bert.embeddings.", "text_encoder.bert.encoder.layer.4.",
+             "text_encoder.bert.encoder.layer.5.")
+    extra_frozen = tuple(o.get("freeze", []))
+    assert all(n.startswith(quirk + extra_frozen) for n in trainer.frozen)
+    assert any(n.startswith("text_encoder.bert.encoder.layer.5.") for n in trainer.frozen)
     by_name = {n: g for g in trainer.optimizer.param_groups for n in g["param_names"]}
     assert not set(trainer.frozen) & set(by_name)
+    assert set(by_name) == {n for n, p in trainer.bare_model.named_parameters() if p.requires_grad}
     for n, g in by_name.items():
-        pretrained = n.startswith(("backbone.backbone.", "text_encoder."))
-        assert g["base_lr"] == pytest.approx(lr * (0.1 if pretrained else 1.0)), n
-    assert any(n.startswith("backbone.fusions.") and g["base_lr"] == lr for n, g in by_name.items())
-    assert trainer.global_batch == 8 and trainer.steps_per_epoch == 1000 and not trainer.amp
+        matches = [p for p in o["lr_multipliers"] if n.startswith(p)]
+        mult = o["lr_multipliers"][max(matches, key=len)] if matches else 1.0
+        assert g["base_lr"] == pytest.approx(o["lr"] * mult), n
+    assert any(n.startswith("backbone.fusions.") and g["base_lr"] == o["lr"] for n, g in by_name.items())
+    assert trainer.global_batch == cfg["train"]["batch_size"] and not trainer.amp
+    assert trainer.steps_per_epoch == cfg["data"]["epoch_length"] // cfg["train"]["batch_size"]
 
 
 def test_data_order_independent_of_workers(tmp_path):
