@@ -33,6 +33,7 @@ Schema (every key, its default and meaning)::
       freeze_bert_embeddings_and_last_layers: true   # the official quirk (reference §1.2)
       bert_frozen_last_layers: 2                     # how many top BERT layers the quirk freezes
       lr_multipliers: {}        # parameter-name prefix -> lr factor (longest matching prefix wins)
+      freeze: []                # parameter-name prefixes kept fixed (requires_grad=False), e.g. backbone.backbone.
     schedule:
       max_steps: 1000
       constant_until: 0.625     # fraction of max_steps with constant lr, then cosine to lr_end
@@ -83,7 +84,7 @@ DEFAULTS: Dict[str, Any] = {
              "val_samples": None, "kwargs": {}},
     "optim": {"lr": 2.0e-5, "weight_decay": 0.05, "betas": [0.9, 0.999], "eps": 1.0e-8,
               "clip_grad_norm": 0.01, "freeze_bert_embeddings_and_last_layers": True,
-              "bert_frozen_last_layers": 2, "lr_multipliers": {}},
+              "bert_frozen_last_layers": 2, "lr_multipliers": {}, "freeze": []},
     "schedule": {"max_steps": 1000, "constant_until": 0.625, "lr_end": 1.8e-6, "warmup_steps": 0,
                  "warmup_factor": 0.001},
     "train": {"batch_size": 2, "eval_batch_size": None, "amp": "auto", "device": "auto", "seed": 0,
@@ -247,6 +248,8 @@ def validate(cfg: Dict[str, Any]) -> None:
            "optim.clip_grad_norm must be null or a number >= 0")
     _check(isinstance(o["bert_frozen_last_layers"], int) and o["bert_frozen_last_layers"] >= 0,
            "optim.bert_frozen_last_layers must be an int >= 0")
+    _check(isinstance(o["freeze"], (list, tuple)) and all(isinstance(x, str) for x in o["freeze"]),
+           "optim.freeze must be a list of parameter-name prefixes")
     for prefix, mult in o["lr_multipliers"].items():
         _check(isinstance(mult, (int, float)) and mult >= 0, f"optim.lr_multipliers[{prefix!r}] must be a number >= 0")
     _check(isinstance(s["max_steps"], int) and s["max_steps"] > 0, "schedule.max_steps must be a positive int")

@@ -49,7 +49,7 @@ from train import distributed as D
 from train.checkpointing import capture_rng, pick_rng_for_rank, restore_rng, seed_all
 from train.collate import Collator, to_device
 from train.config import dump_config, model_config
-from train.optim import WarmupConstantCosine, build_optimizer, freeze_bert_parts, unwrap
+from train.optim import WarmupConstantCosine, build_optimizer, freeze_bert_parts, freeze_prefixes, unwrap
 from train.sampler import ShardedBatchSampler, eval_shard
 
 EVAL_KEYS = ("gIoU", "cIoU", "N-acc", "T-acc", "Pr@0.7", "Pr@0.8", "Pr@0.9")
@@ -179,6 +179,8 @@ class Trainer:
         self.frozen: List[str] = []
         if o["freeze_bert_embeddings_and_last_layers"]:
             self.frozen = freeze_bert_parts(model, o["bert_frozen_last_layers"])
+        if o.get("freeze"):
+            self.frozen += freeze_prefixes(model, o["freeze"])
         model.to(self.device)
         model.train()
         self.bare_model = model
