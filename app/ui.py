@@ -70,10 +70,15 @@ class SafeImage(gr.Image):
     is_template = True
 
     def preprocess(self, payload):  # noqa: D102 - same contract as gr.Image.preprocess
+        from PIL import Image
+
         try:
             return super().preprocess(payload)
         except gr.Error:
             raise
+        except Image.DecompressionBombError:  # > 178 MP: Pillow refuses to even open it
+            raise gr.Error("The image is far too large (the limit is 40 MP). Downscale it and try again.",
+                           print_exception=False) from None
         except Exception:
             raise gr.Error("The uploaded file is not an image this app can read (PNG, JPEG, BMP, TIFF, WebP "
                            "or GIF), or it is corrupted.", print_exception=False) from None
@@ -545,27 +550,27 @@ def create_app(predictor: MABPPredictor, notice: Optional[str] = None, source: O
         private = {"api_visibility": "private"}
 
         def run_segment(trigger):
-            return trigger(cb.segment, seg_in, seg_out, trigger_mode="always_last", **private).then(
+            return trigger(cb.segment, seg_in, seg_out, trigger_mode="always_last", **private).success(
                 cb.render_tab, tab_in, tab_out, **private)
 
         run_segment(text.submit)
         run_segment(run.click)
         run_segment(threshold.release)
         run_segment(nt_rule.input)
-        image.upload(cb.prepare_image, [image, session], seg_out, **private).then(
+        image.upload(cb.prepare_image, [image, session], seg_out, **private).success(
             lambda im, t, th, r, tab, s: cb.segment(im, t, th, r, tab, s) if (t or "").strip() else [gr.skip()] * 6,
-            seg_in, seg_out, **private).then(cb.render_tab, tab_in, tab_out, **private)
+            seg_in, seg_out, **private).success(cb.render_tab, tab_in, tab_out, **private)
         image.clear(lambda: [Session(), render.status_banner(None), None, [], "", ""], None, seg_out, **private)
-        scene_btn.click(cb.new_scene, [seed], [image, seed, suggestions, text, session, banner], **private).then(
+        scene_btn.click(cb.new_scene, [seed], [image, seed, suggestions, text, session, banner], **private).success(
             lambda im, s: cb.prepare_image(im, s), [image, session], seg_out, **private)
-        suggestions.click(cb.pick_suggestion, [suggestions], [text], **private).then(
-            cb.segment, seg_in, seg_out, **private).then(cb.render_tab, tab_in, tab_out, **private)
+        suggestions.click(cb.pick_suggestion, [suggestions], [text], **private).success(
+            cb.segment, seg_in, seg_out, **private).success(cb.render_tab, tab_in, tab_out, **private)
         if examples is not None:
-            examples.load_input_event.then(cb.segment, seg_in, seg_out, **private).then(
+            examples.load_input_event.success(cb.segment, seg_in, seg_out, **private).success(
                 cb.render_tab, tab_in, tab_out, **private)
         for tab_name, tab in (("segmentation", t_seg), ("regions", t_reg), ("attention", t_att),
                               ("prototypes", t_pro), ("language", t_lang)):
-            tab.select(lambda name=tab_name: name, None, [tab_state], **private).then(
+            tab.select(lambda name=tab_name: name, None, [tab_state], **private).success(
                 cb.render_tab, tab_in, tab_out, **private)
         scale_idx.input(cb.render_tab, tab_in, tab_out, **private)
         region.release(cb.select_region, tab_in, tab_out, trigger_mode="always_last", **private)

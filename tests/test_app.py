@@ -228,6 +228,17 @@ def test_safe_image_turns_unreadable_uploads_into_gr_error(files):
     assert exc.value.print_exception is False and "not an image" in exc.value.message
     ok = comp.preprocess(ImageData(path=str(files["rgb"]), orig_name="rgb.png"))
     assert ok == str(files["rgb"])
+    # 12000 x 12000 passes the header-only open (the callback refuses it); far larger trips Pillow's bomb check
+    assert comp.preprocess(ImageData(path=str(files["huge"]), orig_name="huge.png")) == str(files["huge"])
+    from PIL import Image
+
+    old = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = 1000
+    try:
+        with pytest.raises(gr.Error, match="far too large"):
+            comp.preprocess(ImageData(path=str(files["rgb"]), orig_name="rgb.png"))
+    finally:
+        Image.MAX_IMAGE_PIXELS = old
 
 
 def test_ui_callbacks_never_raise_on_internal_errors(files, monkeypatch):
