@@ -403,7 +403,8 @@ class DemoCallbacks:
         samples = [[sentence] for sentence, _ids, _tags in suggestions]
         banner = render.status_banner(None, message=f"Random scene #{s}: click a suggested expression or type "
                                       "your own.")
-        return [self._file(image, f"scene-{s}"), s, gr.Dataset(samples=samples), "", Session(), banner]
+        return [self._file(image, f"scene-{s}"), s, gr.Dataset(samples=samples, visible=True), "", Session(),
+                banner]
 
     @staticmethod
     def pick_suggestion(sample: Any) -> str:
@@ -473,7 +474,7 @@ def create_app(predictor: MABPPredictor, notice: Optional[str] = None, source: O
                     scene_btn = gr.Button("New random scene", scale=1, interactive=cb.random_scene is not None)
                 suggestions = gr.Dataset(components=[gr.Textbox(visible=False)], samples=[],
                                          label="Suggested expressions (click to use)", type="values",
-                                         elem_id="suggestions")
+                                         elem_id="suggestions", visible=False)  # shown with a random scene
                 with gr.Row():
                     text = gr.Textbox(label="Expression (Enter to segment)", lines=1, max_lines=3, scale=4,
                                       placeholder="e.g. the two red circles / everything but the stars",
@@ -561,6 +562,9 @@ def create_app(predictor: MABPPredictor, notice: Optional[str] = None, source: O
             lambda im, t, th, r, tab, s: cb.segment(im, t, th, r, tab, s) if (t or "").strip() else [gr.skip()] * 6,
             seg_in, seg_out, **private).success(cb.render_tab, tab_in, tab_out, **private)
         image.clear(lambda: [Session(), render.status_banner(None), None, [], "", ""], None, seg_out, **private)
+        # a user's own image makes the random scene's suggestions stale
+        image.upload(lambda: gr.Dataset(visible=False), None, [suggestions], **private)
+        image.clear(lambda: gr.Dataset(visible=False), None, [suggestions], **private)
         scene_btn.click(cb.new_scene, [seed], [image, seed, suggestions, text, session, banner], **private).success(
             lambda im, s: cb.prepare_image(im, s), [image, session], seg_out, **private)
         suggestions.click(cb.pick_suggestion, [suggestions], [text], **private).success(
