@@ -26,7 +26,9 @@ class PngWriter:
     """Writes arrays to unique PNG files in a private folder and prunes the old ones."""
 
     def __init__(self, folder: Optional[Path] = None, max_age_s: float = 900.0, compression: int = 1):
-        self.folder = Path(folder or Path(tempfile.gettempdir()) / f"mabp-app-{os.getpid()}")
+        # Beside Gradio's cache when GRADIO_TEMP_DIR is set (tests, Spaces), else in the system temp dir.
+        base = Path(os.environ.get("GRADIO_TEMP_DIR") or tempfile.gettempdir())
+        self.folder = Path(folder or base / f"mabp-app-{os.getpid()}")
         self.folder.mkdir(parents=True, exist_ok=True)
         self.max_age_s = max_age_s
         self.compression = compression  # zlib level: 1 is ~3x faster than 6 on a big overlay, files ~10% larger
