@@ -31,6 +31,7 @@ from mabp.introspect import Introspection, cluster_prototypes
 from mabp.predictor import GRESResult, MABPPredictor
 
 from . import render
+from .components import SafeImage
 from .outputs import PngWriter
 from .service import NT_RULES, SegmentService
 
@@ -57,31 +58,6 @@ class Session:
     info: Optional[Introspection] = None
     clusters: Dict[int, Dict[str, Any]] = field(default_factory=dict)
     point: Optional[Tuple[float, float]] = None  # selected point (x, y) in ORIGINAL pixels
-
-
-class SafeImage(gr.Image):
-    """gr.Image whose upload preprocessing turns an unreadable file into a clean gr.Error.
-
-    gr.Image(type="filepath") only opens the header with Pillow, but a corrupted or non-image file
-    fails right there, inside Gradio, before any callback can catch it; the user would get a bare
-    "Error" and the server log a traceback. `is_template` makes the frontend use the stock Image.
-    """
-
-    is_template = True
-
-    def preprocess(self, payload):  # noqa: D102 - same contract as gr.Image.preprocess
-        from PIL import Image
-
-        try:
-            return super().preprocess(payload)
-        except gr.Error:
-            raise
-        except Image.DecompressionBombError:  # > 178 MP: Pillow refuses to even open it
-            raise gr.Error("The image is far too large (the limit is 40 MP). Downscale it and try again.",
-                           print_exception=False) from None
-        except Exception:
-            raise gr.Error("The uploaded file is not an image this app can read (PNG, JPEG, BMP, TIFF, WebP "
-                           "or GIF), or it is corrupted.", print_exception=False) from None
 
 
 def _no_progress(*_a, **_k) -> None:
