@@ -158,12 +158,57 @@ def load_state(model, ckpt: dict, strict: bool = True) -> None:
     if mismatched:
         raise ValueError(f"checkpoint does not fit the model: {len(mismatched)} shape mismatch(es), e.g. "
                          + "; ".join(mismatched[:3]) + ". Build it from its own config: build_mabp(checkpoint=...)")
+    external = list(ckpt.get("external", []))
+    if external:
+        # Weights left out because they equal an installed package's pretrained ones: the model was just
+        # built from those packages; make sure they are still the very same tensors.
+        missing_ext = [k for k in external if k not in own]
+        if missing_ext:
+            raise ValueError(f"checkpoint refers to package weights the model lacks, e.g. {missing_ext[:3]}")
+        digest = tensors_digest({k: own[k] for k in external})
+        if ckpt.get("external_sha256") and digest != ckpt["external_sha256"]:
+            raise ValueError("the pretrained weights installed now differ from the ones this checkpoint was "
+                             "trained with (MiniLM / EfficientNet package versions?): reinstall the versions in "
+                             "requirements.txt, or use a checkpoint saved without skip_external")
     result = model.load_state_dict(state, strict=False)
-    external = set(ckpt.get("external", []))
-    missing = [k for k in result.missing_keys if k not in external]
+    missing = [k for k in result.missing_keys if k not in set(external)]
     if strict and (missing or result.unexpected_keys):
         raise ValueError(f"checkpoint does not fit the model: {len(missing)} missing (e.g. {missing[:5]}), "
                          f"{len(result.unexpected_keys)} unexpected (e.g. {result.unexpected_keys[:5]})")
+
+
+def tensors_digest(tensors: Dict[str, torch.Tensor]) -> str:
+    """sha256 over names and fp32 bytes, in name order (device- and storage-independent)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for name in sorted(tensors):
+        h.update(name.encode())
+        h.update(tensors[name].detach().float().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def external_weight_names(model) -> list:
+    """Names of the state entries that are bit-identical to the pretrained weights the model's own config
+    loads from installed packages (MiniLM via text.path, EfficientNet-Lite0 via visual.pretrained).
+
+    Found by building a fresh model from the same config (which loads the packages) and comparing; only
+    the text encoder and the visual stages are candidates. Trained (changed) weights are never listed.
+    """
+    from .modeling.mabp import MABP
+
+    cfg = model.cfg
+    prefixes = []
+    if cfg.text.path:
+        prefixes.append("text_encoder.")
+    if cfg.visual.kind == "efficientnet_lite0" and cfg.visual.pretrained:
+        prefixes.append("backbone.backbone.")
+    if not prefixes:
+        return []
+    fresh = MABP(cfg).state_dict()
+    own = model.state_dict()
+    return [k for k, v in own.items() if k.startswith(tuple(prefixes)) and k in fresh
+            and fresh[k].shape == v.shape and torch.equal(fresh[k].to(v.device, v.dtype), v)]
 
 
 def save_checkpoint(model, path: Union[str, os.PathLike], extra: Optional[dict] = None,
@@ -171,19 +216,22 @@ def save_checkpoint(model, path: Union[str, os.PathLike], extra: Optional[dict] 
     """Write {"format", "config", "model", **extra} atomically (tmp file + rename).
 
     half=True stores floating tensors as fp16 (for the shipped checkpoint's size limit; they are
-    restored to fp32 on load). skip_external=True leaves out weights that are identical to the
-    installed package's pretrained ones and frozen (they are re-read from the package at build time).
+    restored to fp32 on load). skip_external=True leaves out weights that are bit-identical to the
+    installed packages' pretrained ones (frozen MiniLM embeddings/layers, frozen EfficientNet stages);
+    they are re-read from the packages at build time and checked against a stored sha256.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     state = model.state_dict()
-    external = []
+    external: list = []
+    ckpt: dict = {"format": CHECKPOINT_FORMAT, "config": model.cfg.to_dict()}
     if skip_external:
-        external = [k for k in getattr(model, "external_weight_names", lambda: [])()]
+        external = external_weight_names(model)
+        ckpt["external_sha256"] = tensors_digest({k: state[k] for k in external})
         state = {k: v for k, v in state.items() if k not in set(external)}
     if half:
         state = {k: v.half() if torch.is_floating_point(v) else v for k, v in state.items()}
-    ckpt = {"format": CHECKPOINT_FORMAT, "config": model.cfg.to_dict(), "model": state, "external": external}
+    ckpt.update(model=state, external=external)
     if extra:
         ckpt.update(extra)
     tmp = path.with_suffix(path.suffix + ".tmp")

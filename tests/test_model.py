@@ -144,3 +144,25 @@ def test_lite_preset_builds_with_pretrained_encoders():
     with torch.no_grad():
         out = model(torch.rand(1, 3, 320, 320) * 255, t.input_ids, t.attention_mask)
     assert [tuple(p.shape) for p in out["pred_masks"]] == [(1, 10, 10), (1, 20, 20), (1, 40, 40), (1, 80, 80)]
+
+
+def test_checkpoint_without_package_weights_is_small_and_exact(tmp_path):
+    """skip_external leaves out weights identical to the installed MiniLM / EfficientNet ones."""
+    model = build_mabp("lite").eval()
+    with torch.no_grad():  # "train" the decoder and one MiniLM layer; the rest stays as packaged
+        model.decoder.query_generator.langq_proj.weight.add_(0.5)
+        model.text_encoder.bert.encoder.layer[0].output.dense.bias.add_(0.1)
+    full = save_checkpoint(model, tmp_path / "full.pt")
+    small = save_checkpoint(model, tmp_path / "small.pt", skip_external=True)
+    raw = torch.load(small, weights_only=True)
+    assert "text_encoder.bert.embeddings.word_embeddings.weight" in raw["external"]
+    assert "text_encoder.bert.encoder.layer.0.output.dense.bias" not in raw["external"]  # trained: stored
+    assert not any(k.startswith("decoder.") for k in raw["external"])
+    assert small.stat().st_size < 0.6 * full.stat().st_size
+    again = build_mabp(checkpoint=small).eval()
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, again.state_dict()[k]), k
+    # if the installed package weights change, loading refuses instead of silently differing
+    raw["external_sha256"] = "0" * 64
+    with pytest.raises(ValueError, match="differ"):
+        build_mabp(checkpoint=raw)
