@@ -1,0 +1,54 @@
+"""Export a training checkpoint as a small, shippable one (the app's default checkpoint).
+
+    python -m train.export runs/lite_synthgres/best.pt assets/checkpoints/mabp-lite-synthgres.pt
+
+By default: floating tensors stored as fp16 (restored to fp32 on load) and weights that are
+bit-identical to the installed pretrained packages (frozen MiniLM embeddings and layers, frozen
+EfficientNet-Lite0 stages) left out and re-read from the packages at build time, checked by sha256.
+Optimizer/scheduler state is dropped; the model config and the training config are kept.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m train.export", description=__doc__.split("\n\n")[0])
+    ap.add_argument("src", help="a checkpoint of this project (e.g. runs/NAME/best.pt)")
+    ap.add_argument("dst")
+    ap.add_argument("--fp32", action="store_true", help="keep fp32 tensors (twice the size)")
+    ap.add_argument("--keep-package-weights", action="store_true",
+                    help="store every weight, also those identical to the installed packages")
+    ap.add_argument("--max-mb", type=float, default=None, help="fail if the result is larger")
+    args = ap.parse_args(argv)
+
+    from mabp.registry import build_mabp, load_checkpoint, save_checkpoint
+
+    try:
+        ckpt = load_checkpoint(args.src)
+        model = build_mabp(checkpoint=ckpt)
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    extra = {k: ckpt[k] for k in ("train_config", "step", "best", "converted_from") if k in ckpt}
+    extra["exported_from"] = Path(args.src).name
+    dst = save_checkpoint(model, args.dst, extra=extra, half=not args.fp32,
+                          skip_external=not args.keep_package_weights)
+    size_mb = dst.stat().st_size / 2**20
+    n = sum(p.numel() for p in model.parameters())
+    print(f"wrote {dst}: {size_mb:.1f} MB ({n / 1e6:.1f} M parameters in the model; "
+          f"{'fp32' if args.fp32 else 'fp16'} storage)")
+    # the result must rebuild on its own
+    again = build_mabp(checkpoint=dst)
+    assert sum(p.numel() for p in again.parameters()) == n
+    if args.max_mb is not None and size_mb > args.max_mb:
+        print(f"error: {dst} is {size_mb:.1f} MB > --max-mb {args.max_mb}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
