@@ -25,7 +25,7 @@ import numpy as np
 from mabp.image_io import InputError
 from mabp.predictor import GRESResult, MABPPredictor
 
-from .inputs import image_digest, load_image
+from mabp.image_files import image_digest, load_image
 
 log = logging.getLogger("mabp.app")
 

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from app import ui
-from app.inputs import decode_image_bytes, load_image
+from mabp.image_files import decode_image_bytes, load_image
 from app.service import UNTRAINED_NOTICE, SegmentService, load_model
 from app.ui import DemoCallbacks, SafeImage, Session, create_app
 from mabp.image_io import InputError

@@ -128,3 +128,21 @@ def test_open_gates_disable_the_visual_cache():
     with torch.no_grad():
         full = model(p._tensor, tok.input_ids, tok.attention_mask)
     torch.testing.assert_close(out["pred_masks"][-1], full["pred_masks"][-1])
+
+
+def test_predict_cli_writes_overlays_and_reports_bad_input(tmp_path, capsys):
+    import json
+
+    from train import predict as cli
+
+    out = tmp_path / "out"
+    code = cli.main(["--preset", "tiny", "--image", "assets/examples/scene.png", "--text", "the red circle", "  ",
+                     "--out", str(out)])
+    lines = [json.loads(l) for l in capsys.readouterr().out.strip().splitlines()]
+    assert code == 2  # one expression was empty
+    assert lines[0]["text"] == "the red circle" and (out / "scene-0.png").is_file() and (out / "scene-0-mask.png").is_file()
+    assert "empty" in lines[1]["error"]
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"not an image")
+    with pytest.raises(SystemExit, match="not an image"):
+        cli.main(["--preset", "tiny", "--image", str(bad), "--text", "x"])

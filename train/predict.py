@@ -35,21 +35,15 @@ def load_model(checkpoint: Optional[str], preset: Optional[str]):
 
 
 def read_image(path: str):
-    import cv2
-    import numpy as np
+    """An image file -> (H, W, 3) uint8 RGB (mabp.image_files: header checked before decoding, EXIF
+    orientation applied); a clear one-line error instead of a traceback."""
+    from mabp.image_files import read_image_file
+    from mabp.image_io import InputError
 
-    p = Path(path)
-    if not p.is_file():
-        raise SystemExit(f"error: image not found: {p}")
-    data = np.fromfile(str(p), dtype=np.uint8)
-    img = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
-    if img is None:
-        raise SystemExit(f"error: {p} is not an image OpenCV can decode (PNG, JPEG, BMP, TIFF, WebP ...)")
-    if img.ndim == 3 and img.shape[2] == 3:
-        img = cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
-    elif img.ndim == 3 and img.shape[2] == 4:
-        img = cv2.cvtColor(img, cv2.COLOR_BGRA2RGBA)
-    return img
+    try:
+        return read_image_file(path)
+    except InputError as exc:
+        raise SystemExit(f"error: {exc}") from None
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -86,7 +80,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
     stem = re.sub(r"[^A-Za-z0-9_-]+", "_", Path(args.image).stem)
-    rgb = predictor._image
+    rgb = image
     status = 0
     for n, text in enumerate(args.text):
         try:

@@ -1,8 +1,8 @@
-"""Reading what a user uploads into an RGB uint8 array, with a clear InputError for anything bad.
+"""Reading image files (uploads in the app, paths in the CLIs) into RGB uint8 arrays, with a clear
+InputError for anything bad.
 
-Why not train.predict.read_image: it raises SystemExit (right for a CLI, fatal in a server thread)
-and decodes before it knows the size. Here the header is read first (Pillow opens lazily), so a
-12000 x 12000 upload, or a decompression bomb, is refused before a single pixel is decoded.
+The header is read first (Pillow opens lazily), so a 12000 x 12000 upload, or a decompression bomb, is
+refused before a single pixel is decoded. EXIF orientation is applied.
 
 Decision on huge images: REFUSE above the predictor's limit (mabp.image_io.DEFAULT_MAX_PIXELS, 40 MP)
 with a message that says the size and the limit. Downscaling silently would change the "original
@@ -74,7 +74,7 @@ def decode_image_bytes(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, name: 
         raise InputError(f"{name} is far too large to open safely (over {Image.MAX_IMAGE_PIXELS * 2 / 1e6:.0f} MP); "
                          f"the limit is {max_pixels / 1e6:.0f} MP. Downscale it and try again.") from None
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
-        raise InputError(f"{name} is not an image this app can read (expected {FORMATS_HINT}), "
+        raise InputError(f"{name} is not an image that can be read (expected {FORMATS_HINT}), "
                          "or the file is corrupted.") from None
     if w * h > max_pixels:
         raise InputError(f"The image is too large ({w}x{h} = {w * h / 1e6:.0f} MP; the limit is "
@@ -107,7 +107,7 @@ def read_image_file(path: Union[str, os.PathLike], max_pixels: int = DEFAULT_MAX
     """Read an image file (see decode_image_bytes). Missing, unreadable or huge files -> InputError."""
     p = Path(path)
     if not p.is_file():
-        raise InputError("The uploaded file is missing on the server; upload it again.")
+        raise InputError(f"The image file {p.name} does not exist (or was removed): give it again.")
     size = p.stat().st_size
     if size > max_bytes:
         raise InputError(f"The file is too large ({size / 2**20:.0f} MB; the limit is {max_bytes / 2**20:.0f} MB).")
