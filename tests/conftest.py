@@ -23,5 +23,16 @@ def _seed():
     yield
 
 
+@pytest.fixture(scope="module")
+def single_thread():
+    """One intra-op thread for a module of tiny-model tests (`pytestmark = usefixtures("single_thread")`):
+    their ops are too small to split, and on a shared 2-core machine OpenMP threads waiting for each other
+    made them 4-100x slower (measured). The suite's setting is restored afterwards."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def pytest_configure(config):
     config.addinivalue_line("markers", "slow: longer than the default suite allows (run with -m slow)")

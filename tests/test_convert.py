@@ -35,14 +35,7 @@ MANIFEST = Path(__file__).resolve().parents[2] / "shared" / "reference" / "mabp_
 POOL_SIZE = 1_000_003  # prime: tensors cut from the pool at different offsets never coincide
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Run this module on one intra-op thread: on the shared 2-core machine, OpenMP threads that wait for
-    each other make a tiny training step 10-100x slower (0.15 s vs 6-17 s measured under load)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def _manifest() -> Dict[str, list]:

@@ -23,14 +23,7 @@ N_SAMPLES = 20  # the first 20 SynthGRES val samples hold a few no-target ones a
 SIZE = 96
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """The tiny model's ops are so small that a second thread only adds synchronisation: measured 4x
-    faster (CPU time too) on 1 thread on the shared 2-core machine. Restored for the other modules."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 @pytest.fixture(scope="module")

@@ -14,14 +14,7 @@ from mabp.rela_criterion import ReLACriterion, minimap_target
 from mabp.tokenizer import TextTokenizer
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors gain nothing from a second thread, and on shared busy cores OpenMP's spin-waiting
-    made these cases 10-50x slower; restore the suite's setting afterwards."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def _inputs(model, b=2, size=96):

@@ -30,13 +30,7 @@ CONFIGS = Path(__file__).resolve().parents[1] / "train" / "configs"
 TINY = CONFIGS / "tiny_synthgres.yaml"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One intra-op thread: the tiny model's ops are too small to split, and the CPU is shared."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def tiny_extra(out: Path, **sections) -> dict:

@@ -19,14 +19,7 @@ from mabp.postprocess import postprocess
 from mabp.tokenizer import TextTokenizer
 from mabp.variants import PAPER_MIN_PIXELS, VARIANTS, attention_mask_kind, supervised_heads, validate
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors gain nothing from a second thread, and on shared busy cores OpenMP's spin-waiting
-    made these cases 10-50x slower; restore the suite's setting afterwards."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 SWITCHES_ALONE = {
