@@ -26,13 +26,13 @@ from mabp.image_io import InputError
 from mabp.predictor import GRESResult, MABPPredictor
 
 from mabp.image_files import image_digest, load_image
+from mabp.postprocess import NT_RULES
+from mabp.registry import SHIPPED_CHECKPOINT
 
 log = logging.getLogger("mabp.app")
 
-ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_CHECKPOINT = ROOT / "assets" / "checkpoints" / "mabp-lite-synthgres.pt"
+DEFAULT_CHECKPOINT = SHIPPED_CHECKPOINT
 UNTRAINED_NOTICE = "no trained checkpoint found: predictions are untrained"
-NT_RULES = ("first", "last", "any")
 
 ProgressFn = Callable[[float, str], None]
 

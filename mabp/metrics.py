@@ -35,6 +35,8 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
+from .postprocess import NT_RULES  # one definition of the no-target rules for the project
+
 try:  # torch is optional at this API edge: numpy inputs work without it.
     import torch
 except ImportError:  # pragma: no cover - torch is a hard dependency of the project
@@ -51,7 +53,6 @@ PR_THRESHOLDS: Tuple[float, ...] = (0.7, 0.8, 0.9)
 # Column order of the paper's gRefCOCO table (MABP Table II): cIoU, gIoU, N-acc, T-acc, Pr@0.9/0.8/0.7.
 TABLE_COLUMNS: Tuple[str, ...] = ("cIoU", "gIoU", "N-acc", "T-acc", "Pr@0.9", "Pr@0.8", "Pr@0.7")
 
-NT_RULES: Tuple[str, ...] = ("first", "last", "any")
 
 
 def _to_numpy(x: Any) -> np.ndarray:
@@ -329,17 +330,17 @@ def decide_no_target(nt_logits: Union[ArrayLike, Sequence[ArrayLike]], rule: str
     heads = [nt_logits] if (not isinstance(nt_logits, (list, tuple))) else list(nt_logits)
     if not heads:
         raise ValueError("nt_logits is empty")
-    decisions = []
-    for k, h in enumerate(heads):
-        a = _to_numpy(h)
+    arrays = [_to_numpy(h) for h in heads]
+    for k, a in enumerate(arrays):
         if a.ndim != 2 or a.shape[1] != 2:
             raise ValueError(f"NT head {k} has shape {a.shape}, expected (B, 2)")
-        decisions.append(np.argmax(a, axis=1) == 1)
-    if rule == "first":
-        return decisions[0]
-    if rule == "last":
-        return decisions[-1]
-    return np.logical_or.reduce(decisions)
+    # One rule for the whole project: the model-side decision (torch) applied to these arrays.
+    import torch
+
+    from .postprocess import decide_no_target as _decide
+
+    decision, _ = _decide([torch.from_numpy(np.asarray(a, dtype=np.float32)) for a in arrays], rule)
+    return decision.numpy()
 
 
 def apply_min_pixels(mask: ArrayLike, min_pixels: int = 50) -> Tuple[np.ndarray, Union[bool, np.ndarray]]:

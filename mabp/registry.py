@@ -20,6 +20,8 @@ from .config import (DecoderConfig, MABPConfig, PixelDecoderConfig, TextConfig, 
 PRESETS: Dict[str, Callable[[], MABPConfig]] = {}
 CHECKPOINT_FORMAT = "mabp"
 TINY_VOCAB = Path(__file__).resolve().parent / "assets" / "tiny_vocab.txt"
+# The checkpoint the app and the CLIs use by default (the lite preset trained on SynthGRES).
+SHIPPED_CHECKPOINT = Path(__file__).resolve().parents[1] / "assets" / "checkpoints" / "mabp-lite-synthgres.pt"
 
 
 def register_preset(name: str):

@@ -16,11 +16,11 @@ import time
 from pathlib import Path
 from typing import List, Optional
 
-DEFAULT_CHECKPOINT = Path(__file__).resolve().parents[1] / "assets" / "checkpoints" / "mabp-lite-synthgres.pt"
 
 
 def load_model(checkpoint: Optional[str], preset: Optional[str]):
     from mabp import build_mabp
+    from mabp.registry import SHIPPED_CHECKPOINT as DEFAULT_CHECKPOINT
 
     if checkpoint:
         return build_mabp(checkpoint=checkpoint)
