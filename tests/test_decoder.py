@@ -5,7 +5,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from mabp import build_mabp
 from mabp.config import DecoderConfig
+from mabp.modeling import mabp_decoder
 from mabp.modeling.mabp_decoder import MABPDecoder, queries_to_grid, region_attention_mask, upsample_queries
 from mabp.modeling.query_generator import QueryGenerator
 from mabp.modeling.regional_head import (RegionalSupervisionHead, pad_to_windows, window_geometry,
@@ -95,6 +97,28 @@ def test_attention_mask_opens_visual_row_of_padding_only_window():
     assert not m[0, 0].any()  # fully open
     q = int(owner[20 * 40 + 20])  # an inner query keeps its window rule
     assert torch.equal(~m[0, q, :1600], owner == q)
+
+
+def test_additive_masks_give_the_bool_mask_results():
+    """The decoder builds additive float masks before the head expansion (no B*heads copy); outputs must
+    equal those with nn.MultiheadAttention's own bool handling."""
+    torch.manual_seed(0)
+    model = build_mabp("tiny").eval()
+    images, ids, mask = torch.rand(2, 3, 96, 96) * 255, torch.randint(5, 50, (2, 20)), torch.ones(2, 20, dtype=torch.long)
+    with torch.no_grad():
+        fast = model(images, ids, mask)
+        additive = region_attention_mask(torch.randn(2, 12, 12), 16, 4, 20, additive=torch.float32)
+        assert additive.shape == (8, 16, 164) and additive.dtype == torch.float32
+        one = region_attention_mask(torch.randn(1, 12, 12), 16, 4, 20, additive=torch.float32)
+        assert one.stride(0) == 0  # B = 1: a view shared by the heads, nothing copied
+        original = mabp_decoder.per_head
+        try:
+            mabp_decoder.per_head = lambda blocked, heads, additive=None: original(blocked, heads, None)
+            slow = model(images, ids, mask)
+        finally:
+            mabp_decoder.per_head = original
+    for a, b in zip(fast["pred_masks"], slow["pred_masks"]):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
 
 
 def test_query_upsampling_is_nearest_row_major():

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from mabp.config import PixelDecoderConfig
-from mabp.modeling.ms_deform_attn import MSDeformAttn, ms_deform_attn_core
+from mabp.modeling.ms_deform_attn import MSDeformAttn, ms_deform_attn_core, ms_deform_attn_core_grid_sample
 from mabp.modeling.pixel_decoder import MSDeformAttnPixelDecoder
 
 MANIFEST = "/work/shared/reference/mabp_official_state_dict.json"
@@ -63,7 +63,8 @@ def _naive_core(
     return out
 
 
-def test_core_matches_naive() -> None:
+@pytest.mark.parametrize("core", [ms_deform_attn_core, ms_deform_attn_core_grid_sample])
+def test_core_matches_naive(core) -> None:
     g = torch.Generator().manual_seed(0)
     shapes = [(3, 4), (2, 3), (1, 2)]
     b, lq, m, d, p = 2, 4, 2, 3, 2
@@ -72,7 +73,7 @@ def test_core_matches_naive() -> None:
     # Include locations outside [0, 1] to exercise the zero padding.
     loc = torch.rand(b, lq, m, len(shapes), p, 2, generator=g) * 1.6 - 0.3
     attw = torch.rand(b, lq, m, len(shapes), p, generator=g)
-    got = ms_deform_attn_core(value, torch.tensor(shapes), loc, attw)
+    got = core(value, torch.tensor(shapes), loc, attw)
     ref = _naive_core(value, shapes, loc, attw)
     assert got.shape == (b, lq, m * d)
     torch.testing.assert_close(got.double(), ref, atol=1e-5, rtol=1e-5)
@@ -105,6 +106,35 @@ def test_module_matches_naive() -> None:
             loc[:, :, :, lv, :, 1] = ref_pts[:, :, None, lv, None, 1] + off[:, :, :, lv, :, 1] / h
         ref = attn.output_proj(_naive_core(value, shapes, loc, w).float())
     torch.testing.assert_close(got, ref, atol=1e-5, rtol=1e-5)
+
+
+def test_embedding_bag_core_equals_grid_sample_core_with_gradients() -> None:
+    """The fast core and the official grid_sample maths agree in value and in all three gradients,
+    including points exactly on pixel centres, on the borders and outside the maps."""
+    g = torch.Generator().manual_seed(1)
+    shapes = [(5, 7), (3, 4), (2, 2)]
+    b, lq, m, d, p = 2, 30, 4, 8, 3
+    lin = sum(h * w for h, w in shapes)
+    value = torch.randn(b, lin, m, d, generator=g, dtype=torch.float64)
+    loc = torch.rand(b, lq, m, len(shapes), p, 2, generator=g, dtype=torch.float64) * 1.4 - 0.2
+    loc[0, :6] = torch.tensor([0.0, 1.0, 0.5, -0.1, 1.1, 0.25], dtype=torch.float64).view(6, 1, 1, 1, 1)
+    attw = torch.rand(b, lq, m, len(shapes), p, generator=g, dtype=torch.float64)
+    results = []
+    for core in (ms_deform_attn_core, ms_deform_attn_core_grid_sample):
+        v, lc, a = (t.clone().requires_grad_() for t in (value, loc, attw))
+        out = core(v, shapes, lc, a)
+        (out * torch.linspace(-1, 1, out.numel(), dtype=out.dtype).view_as(out)).sum().backward()
+        results.append((out, v.grad, lc.grad, a.grad))
+    for fast, ref in zip(*results):
+        torch.testing.assert_close(fast, ref, atol=1e-9, rtol=1e-9)
+
+
+def test_core_non_finite_locations_read_zeros() -> None:
+    """A diverged offset (nan / inf) must not index outside the value table."""
+    value = torch.randn(1, 6, 1, 2)
+    loc = torch.tensor([float("nan"), float("inf"), -float("inf"), 1e30]).view(1, 4, 1, 1, 1, 1).expand(1, 4, 1, 1, 1, 2)
+    out = ms_deform_attn_core(value, [(2, 3)], loc.contiguous(), torch.ones(1, 4, 1, 1, 1))
+    assert torch.equal(out, torch.zeros(1, 4, 2))
 
 
 def test_pixel_centre_returns_pixel_value() -> None:

@@ -161,7 +161,10 @@ def test_attention_mask_kinds():
     m = dec.attention_mask(x, dec.heads[0], feat)
     assert m.shape == (3 * 2, 16, 36)  # vision only: RIA has no language columns
     per_query = torch.einsum("bqc,bchw->bqhw", dec.heads[0].embed(x), feat)
-    torch.testing.assert_close(m, global_attention_mask(per_query, 2, 0))
+    # additive (0 / -inf) form of the bool rule, shared by the heads
+    blocked = global_attention_mask(per_query, 2, 0)
+    assert m.dtype == torch.float32
+    assert torch.equal(m == float("-inf"), blocked) and torch.equal(m[~blocked], torch.zeros(int((~blocked).sum())))
 
 
 def test_global_attention_mask_rule():

@@ -15,7 +15,8 @@ class MixedModalLayer(nn.Module):
     Shapes (sequence-first, as nn.MultiheadAttention's default):
       x (Q, B, C) queries, query_pos (Q, B, C), lang (L, B, C) language tokens, lang_pos (L, B, C),
       memory (HW, B, C) visual tokens of this layer's scale, memory_pos (HW, B, C),
-      attn_mask (B*heads, Q, HW + L) bool, True = may NOT attend (language columns never True).
+      attn_mask (B*heads, Q, HW + L): bool, True = may NOT attend, or additive float (-inf = may not);
+      language columns are never blocked.
     Returns the updated (x, lang).
     """
 

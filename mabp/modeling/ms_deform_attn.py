@@ -3,8 +3,10 @@
 The official MABP/ReLA/Mask2Former code calls a compiled CUDA kernel and falls back to a
 `grid_sample` based "pytorch core" on CPU. Both sample bilinearly with zero padding using the
 align_corners=False convention (pixel i covers [i, i+1) in un-normalised coordinates, its centre
-is at normalised (i + 0.5) / size). This file implements only the `grid_sample` path, so no
-compiled op is needed and the results match the official checkpoint's behaviour.
+is at normalised (i + 0.5) / size). No compiled op is needed here: `ms_deform_attn_core` computes
+the same sums with one weighted `embedding_bag` (about twice as fast on CPU as the official
+fallback), and `ms_deform_attn_core_grid_sample`, the official fallback's maths, is kept as the
+reference the tests compare it with.
 """
 from __future__ import annotations
 
@@ -32,6 +34,115 @@ def ms_deform_attn_core(
     attention_weights: torch.Tensor,
 ) -> torch.Tensor:
     """Sample every level bilinearly at the given locations and take the attention-weighted sum.
+
+    Same maths as `ms_deform_attn_core_grid_sample` (bilinear, zero padding, align_corners=False), in
+    one weighted `F.embedding_bag`: every (batch, query, head) output is a weighted sum of at most
+    n_levels * n_points * 4 value rows (the 4 bilinear corners of each sampling point), so the
+    corner indices and weights (bilinear weight x attention weight, 0 for corners outside the map)
+    are computed first and the gather + weighted sum is a single fused kernel. On 2 CPU cores this is
+    ~2x faster than grid_sample + stack + multiply + sum, and it is differentiable in the values, the
+    locations (through the bilinear weights) and the attention weights.
+
+    Args:
+        value: (B, sum_l H_l*W_l, n_heads, d_head), levels concatenated in `spatial_shapes` order.
+        spatial_shapes: (n_levels, 2) as (H, W) per level.
+        sampling_locations: (B, Lq, n_heads, n_levels, n_points, 2), normalised (x, y) in [0, 1]
+            (0 = left/top image border, 1 = right/bottom border; outside reads zeros).
+        attention_weights: (B, Lq, n_heads, n_levels, n_points), already softmax-normalised.
+
+    Returns:
+        (B, Lq, n_heads * d_head)
+    """
+    shapes = _shapes_as_list(spatial_shapes)
+    n_levels, n_points = sampling_locations.shape[3:5]
+    width, height = _level_grids(shapes, n_points, sampling_locations)
+    # align_corners=False puts pixel i's centre at normalised (i + 0.5) / size.
+    px = sampling_locations[..., 0] * width - 0.5
+    py = sampling_locations[..., 1] * height - 0.5
+    return _sample_pixels(value, shapes, px, py, attention_weights)
+
+
+def _level_grids(shapes: List[Tuple[int, int]], n_points: int, like: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Widths and heights as contiguous (n_levels, n_points) tables.
+
+    Per-level constants are expanded over the points on purpose: broadcasting a (L, 1) constant
+    into (..., L, P) tensors gives CPU elementwise kernels a 4-element inner loop, several times
+    slower than a contiguous (L, P) = 12-element one.
+    """
+    n_levels = len(shapes)
+    kw = dict(dtype=like.dtype, device=like.device)
+    width = torch.tensor([w for _, w in shapes], **kw).view(n_levels, 1).expand(n_levels, n_points).contiguous()
+    height = torch.tensor([h for h, _ in shapes], **kw).view(n_levels, 1).expand(n_levels, n_points).contiguous()
+    return width, height
+
+
+def _sample_pixels(value: torch.Tensor, shapes: List[Tuple[int, int]], px: torch.Tensor, py: torch.Tensor,
+                   attention_weights: torch.Tensor) -> torch.Tensor:
+    """The embedding_bag core on pixel coordinates.
+
+    Args:
+        value: (B, Lin, n_heads, d_head).
+        px, py: (B, Lq, n_heads, n_levels, n_points) un-normalised sampling positions in each level's
+            pixel grid (pixel i spans [i - 0.5, i + 0.5]); any strides.
+        attention_weights: (B, Lq, n_heads, n_levels, n_points), any strides.
+
+    Returns:
+        (B, Lq, n_heads * d_head)
+    """
+    b, lin, n_heads, d_head = value.shape
+    _, lq, _, n_levels, n_points = px.shape
+    dev = px.device
+    # Index arithmetic runs in floating point (exact below 2^24) and is converted once.
+    exact32 = b * n_heads * lin < 2 ** 24
+    idt = px.dtype if exact32 else torch.float64
+    width, height = _level_grids(shapes, n_points, px)
+    starts = [0]
+    for h, w in shapes[:-1]:
+        starts.append(starts[-1] + h * w)
+    # Each (batch, head) owns a block of lin rows in the flattened value table; a level starts at
+    # its offset inside the block. (B, 1, heads, L, P), broadcast over the queries.
+    block = (torch.arange(b, device=dev).view(b, 1) * n_heads + torch.arange(n_heads, device=dev).view(1, n_heads)) * lin
+    first = (block.view(b, 1, n_heads, 1, 1).to(idt)
+             + torch.tensor(starts, dtype=idt, device=dev).view(1, 1, 1, n_levels, 1))
+    first = first.expand(b, 1, n_heads, n_levels, n_points).contiguous()
+
+    def corners(p: torch.Tensor, size: torch.Tensor):
+        """Bilinear weights and clamped indices of the corners floor(p) and floor(p) + 1 on one axis.
+        A corner outside the map reads zero, so its weight is zeroed and its index is harmless."""
+        # A non-finite location (diverged training) reads zeros instead of indexing out of the table.
+        p = p.nan_to_num(nan=-2.0, posinf=-2.0, neginf=-2.0)
+        p0 = p.floor()
+        frac = p - p0
+        hi = size - 1
+        w0 = (1 - frac) * ((p0 >= 0) & (p0 <= hi))
+        w1 = frac * ((p0 >= -1) & (p0 <= hi - 1))
+        i0 = torch.minimum(p0.clamp_min(0), hi).to(idt)
+        i1 = torch.minimum((p0 + 1).clamp_min(0), hi).to(idt)
+        return w0, w1, i0, i1
+
+    wx0, wx1, ix0, ix1 = corners(px, width)
+    wy0, wy1, iy0, iy1 = corners(py, height)
+    wy0, wy1 = wy0 * attention_weights, wy1 * attention_weights
+    row0, row1 = iy0 * width.to(idt) + first, iy1 * width.to(idt) + first
+    # Bags of k = 4 * L * P samples, one per (batch, query, head): layout (B, Lq, heads, 4, L, P).
+    weight = torch.stack([wy0 * wx0, wy0 * wx1, wy1 * wx0, wy1 * wx1], 3)
+    index = torch.stack([row0 + ix0, row0 + ix1, row1 + ix0, row1 + ix1], 3)
+    index = index.int() if b * n_heads * lin < 2 ** 31 else index.long()
+    k = 4 * n_levels * n_points
+    table = value.transpose(1, 2).reshape(b * n_heads * lin, d_head)
+    out = F.embedding_bag(index.view(-1, k), table, per_sample_weights=weight.view(-1, k).to(table.dtype), mode="sum")
+    return out.view(b, lq, n_heads * d_head)
+
+
+def ms_deform_attn_core_grid_sample(
+    value: torch.Tensor,
+    spatial_shapes: SpatialShapes,
+    sampling_locations: torch.Tensor,
+    attention_weights: torch.Tensor,
+) -> torch.Tensor:
+    """Reference implementation with `F.grid_sample` (one call per level, the official CPU fallback).
+
+    Kept as the ground truth for tests; `ms_deform_attn_core` gives the same numbers ~2x faster.
 
     Args:
         value: (B, sum_l H_l*W_l, n_heads, d_head), levels concatenated in `spatial_shapes` order.
@@ -138,23 +249,27 @@ class MSDeformAttn(nn.Module):
         value = value.view(b, lin, self.n_heads, self.d_model // self.n_heads)
 
         offsets = self.sampling_offsets(query).view(b, lq, self.n_heads, self.n_levels, self.n_points, 2)
-        # Softmax jointly over all levels and points of one head.
-        weights = self.attention_weights(query).view(b, lq, self.n_heads, self.n_levels * self.n_points)
-        weights = F.softmax(weights, -1).view(b, lq, self.n_heads, self.n_levels, self.n_points)
+        # Softmax jointly over all levels and points of one head. Taken over dim 0 of the transposed
+        # (L*P, rows) view: a softmax over a 12-long last dim is ~6x slower on CPU; same values.
+        logits = self.attention_weights(query).view(-1, self.n_levels * self.n_points)
+        weights = F.softmax(logits.t(), 0).t().view(b, lq, self.n_heads, self.n_levels, self.n_points)
 
         if reference_points.shape[-1] == 2:
-            # Offsets are predicted in pixels of each level; divide by (W, H) to normalise.
-            shapes = torch.as_tensor(spatial_shapes, device=query.device)
-            normalizer = torch.stack([shapes[..., 1], shapes[..., 0]], -1).to(offsets.dtype)
-            locations = reference_points[:, :, None, :, None, :] + offsets / normalizer[None, None, None, :, None, :]
+            # Offsets are predicted in pixels of each level. The official code normalises them by
+            # (W, H) and grid_sample multiplies back; working in pixels directly is the same sum
+            # (to float rounding) without the round trip: pixel = ref * size - 0.5 + offset.
+            shapes = _shapes_as_list(spatial_shapes)
+            width, height = _level_grids(shapes, self.n_points, offsets)
+            ref_x = (reference_points[..., 0, None] * width - 0.5).unsqueeze(2)  # (B, Lq, 1, L, P)
+            ref_y = (reference_points[..., 1, None] * height - 0.5).unsqueeze(2)
+            out = _sample_pixels(value, shapes, ref_x + offsets[..., 0], ref_y + offsets[..., 1], weights)
         elif reference_points.shape[-1] == 4:
             # Box references: offsets are relative to half the box size.
             locations = (
                 reference_points[:, :, None, :, None, :2]
                 + offsets / self.n_points * reference_points[:, :, None, :, None, 2:] * 0.5
             )
+            out = ms_deform_attn_core(value, spatial_shapes, locations, weights)
         else:
             raise ValueError(f"reference_points last dim must be 2 or 4, got {reference_points.shape[-1]}")
-
-        out = ms_deform_attn_core(value, spatial_shapes, locations, weights)
         return self.output_proj(out)

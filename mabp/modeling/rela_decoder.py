@@ -9,7 +9,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..config import DecoderConfig
-from .mabp_decoder import flatten_scales, global_attention_mask
+from .mabp_decoder import flatten_scales, global_attention_mask, mask_dtype
 from .position_encoding import PositionEmbeddingSine
 from .region_language_attention import RegionLanguageAttention
 from .rela_head import ReLAHead
@@ -56,10 +56,10 @@ class ReLADecoder(nn.Module):
 
     @torch.no_grad()
     def attention_mask(self, x: torch.Tensor, mask_features: torch.Tensor, size) -> torch.Tensor:
-        """RIA mask for a layer at map size `size` -> (B*heads, Q, h*w) bool, True = blocked."""
+        """RIA mask for a layer at map size `size` -> (B*heads, Q, h*w) additive (-inf = blocked)."""
         masks = F.interpolate(self.head.all_masks(x, mask_features), size=tuple(size), mode="bilinear",
                               align_corners=False)
-        return global_attention_mask(masks, self.num_heads, 0)
+        return global_attention_mask(masks, self.num_heads, 0, mask_dtype(x))
 
     def forward(self, feats: List[torch.Tensor], mask_features: torch.Tensor, lang: torch.Tensor,
                 lang_mask: torch.Tensor) -> Dict[str, object]:

@@ -23,7 +23,7 @@ class RIARLALayer(nn.Module):
 
     Shapes (sequence-first): x (Q, B, C), query_pos (Q, B, C), lang (L, B, C) or None, lang_pos unused
     (kept so both layer types share one call signature), memory/memory_pos (HW, B, C),
-    attn_mask (B*heads, Q, HW) bool True = blocked, words (B, L, Ct) raw text features (needed only
+    attn_mask (B*heads, Q, HW) bool True = blocked (or additive float, -inf = blocked), words (B, L, Ct) raw text features (needed only
     by an RLA that projects words). Returns the updated (x, lang).
     """
 
