@@ -22,11 +22,15 @@ from typing import List, Optional
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no calls home at start
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-# Idle OpenMP threads sleep instead of spinning. On a shared 2-core box (a Space, or this project's CI
-# with a training run beside it) spinning threads fight the other process: measured here, 2 threads
-# took 6.8 s of CPU per expression with the default policy and 0.35 s with PASSIVE. Must be set
-# before torch is imported.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# How long idle OpenMP threads spin before they sleep (libgomp, which torch uses). A forward pass is
+# ~1,000 small parallel regions, so sleeping at once (OMP_WAIT_POLICY=PASSIVE) pays a wake-up per op,
+# while libgomp's default (300,000 spins) burns a whole core whenever another process shares the box.
+# Measured on 2 cores with the lite checkpoint (benchmarks/latency.py): a new expression takes ~120-140
+# ms with 3,000 spins against ~170-210 ms with PASSIVE, and beside a busy process its CPU time stays
+# within ~20 % of PASSIVE's (the default policy once cost 20x). Set OMP_WAIT_POLICY or GOMP_SPINCOUNT
+# to override. Must be set before torch is imported.
+if "OMP_WAIT_POLICY" not in os.environ:
+    os.environ.setdefault("GOMP_SPINCOUNT", "3000")
 
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:

@@ -1,8 +1,12 @@
-"""Predictor latency on CPU: median ms of `set_image + predict` and of `predict` alone (a new
-expression on an already-set image), and the peak resident memory, per preset.
+"""Predictor latency on CPU: median ms of `set_image + predict`, of `predict` alone (a new
+expression on an already-set image) and of its model time (`GRESResult.latency_ms`, what the app
+reports), and the peak resident memory, per preset.
 
     python benchmarks/latency.py                     # lite at 320, paper at 480, 2 threads
     python benchmarks/latency.py --presets lite --repeats 20 --checkpoint assets/checkpoints/x.pt
+    python benchmarks/latency.py --spincount passive # OMP_WAIT_POLICY=PASSIVE instead of app.py's setting
+
+The children run with app.py's OpenMP setting (GOMP_SPINCOUNT=3000) unless --spincount says otherwise.
 
 Each preset runs in its own subprocess so that peak memory is that preset's alone. Weights are the
 preset's (pretrained encoders where the preset has them, random elsewhere): latency does not depend on
@@ -43,7 +47,7 @@ def run_one(preset: str, repeats: int, threads: int, checkpoint: str | None) -> 
     # warm-up (first calls allocate and pick kernels)
     pred.set_image(image)
     pred.predict(TEXTS[0])
-    full, only, set_ms = [], [], []
+    full, only, model_ms, set_ms = [], [], [], []
     for i in range(repeats):
         t = time.perf_counter()
         pred.set_image(image)
@@ -52,8 +56,9 @@ def run_one(preset: str, repeats: int, threads: int, checkpoint: str | None) -> 
         full.append((time.perf_counter() - t) * 1000)
         # a new expression on the already-set image (cache cleared per text by using distinct texts)
         t = time.perf_counter()
-        pred.predict(f"{TEXTS[(i + 1) % len(TEXTS)]} {i}")
+        result = pred.predict(f"{TEXTS[(i + 1) % len(TEXTS)]} {i}")
         only.append((time.perf_counter() - t) * 1000)
+        model_ms.append(result.latency_ms)
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return {
         "preset": model.cfg.preset, "size": model.cfg.image_size, "threads": threads, "repeats": repeats,
@@ -61,6 +66,9 @@ def run_one(preset: str, repeats: int, threads: int, checkpoint: str | None) -> 
         "set_image_ms": round(statistics.median(set_ms), 1),
         "set_image_plus_predict_ms": round(statistics.median(full), 1),
         "predict_ms": round(statistics.median(only), 1),
+        "model_ms": round(statistics.median(model_ms), 1),
+        "model_ms_p10": round(sorted(model_ms)[int(0.1 * (len(model_ms) - 1))], 1),
+        "model_ms_p90": round(sorted(model_ms)[int(0.9 * (len(model_ms) - 1))], 1),
         "peak_rss_mb": round(peak_mb, 0),
         "params_m": round(sum(p.numel() for p in model.parameters()) / 1e6, 1),
     }
@@ -72,6 +80,9 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=10)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--checkpoint", default=None, help="benchmark this checkpoint instead of a preset")
+    ap.add_argument("--spincount", default="3000",
+                    help="GOMP_SPINCOUNT for the children (app.py's default 3000), 'passive' for "
+                         "OMP_WAIT_POLICY=PASSIVE, 'env' to keep the caller's environment")
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
@@ -85,14 +96,22 @@ def main() -> None:
         if args.checkpoint:
             cmd += ["--checkpoint", args.checkpoint]
         env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+        if args.spincount == "passive":
+            env.pop("GOMP_SPINCOUNT", None)
+            env["OMP_WAIT_POLICY"] = "PASSIVE"
+        elif args.spincount != "env":
+            env.pop("OMP_WAIT_POLICY", None)
+            env["GOMP_SPINCOUNT"] = args.spincount
         out = subprocess.run(cmd, capture_output=True, text=True, env=env, check=True)
         rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
+    print(f"OpenMP: {args.spincount if args.spincount in ('passive', 'env') else 'GOMP_SPINCOUNT=' + args.spincount}")
     print("| preset | input | threads | visual pass cached | set_image + predict (ms) | predict alone (ms) "
-          "| peak RSS (MB) | params (M) |")
-    print("|---|---|---|---|---|---|---|---|")
+          "| model time (ms, median / p90) | peak RSS (MB) | params (M) |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['preset']} | {r['size']}² | {r['threads']} | {r['visual_cached']} | "
-              f"{r['set_image_plus_predict_ms']} | {r['predict_ms']} | {r['peak_rss_mb']:.0f} | {r['params_m']} |")
+              f"{r['set_image_plus_predict_ms']} | {r['predict_ms']} | {r['model_ms']} / {r['model_ms_p90']} | "
+              f"{r['peak_rss_mb']:.0f} | {r['params_m']} |")
     print(json.dumps(rows))
 
 

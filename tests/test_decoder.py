@@ -11,7 +11,7 @@ from mabp.modeling import mabp_decoder
 from mabp.modeling.mabp_decoder import MABPDecoder, queries_to_grid, region_attention_mask, upsample_queries
 from mabp.modeling.query_generator import QueryGenerator
 from mabp.modeling.regional_head import (RegionalSupervisionHead, pad_to_windows, window_geometry,
-                                         windowed_logits)
+                                         window_means, windowed_logits)
 from mabp.official import official_to_ours
 
 MANIFEST = Path(__file__).resolve().parents[2] / "shared" / "reference" / "mabp_official_state_dict.json"
@@ -40,6 +40,15 @@ def test_windowed_logits_equal_naive_per_window_dot_products():
     owner = geo.region_index()
     naive = torch.einsum("bpc,bcp->bp", embed[:, owner.flatten()], feat.flatten(2)).view(b, h, w)
     torch.testing.assert_close(out, naive)
+    # independent of region_index: pad, cut into windows, dot each with its query, re-tile, crop
+    padded = pad_to_windows(feat, geo)
+    tiled = torch.zeros(b, geo.padded_h, geo.padded_w)
+    for qi in range(q):
+        r, col = divmod(qi, geo.n)
+        ys, xs = slice(r * geo.win_h, (r + 1) * geo.win_h), slice(col * geo.win_w, (col + 1) * geo.win_w)
+        tiled[:, ys, xs] = torch.einsum("bc,bchw->bhw", embed[:, qi], padded[:, :, ys, xs])
+    crop = tiled[:, geo.pad_top:geo.pad_top + h, geo.pad_left:geo.pad_left + w]
+    torch.testing.assert_close(out, crop, atol=1e-5, rtol=1e-5)
     # the owner map is the padded tiling: pixel (0, 0) belongs to window 0, the last pixel to the last window
     assert owner[0, 0] == 0 and owner[-1, -1] == q - 1
 
@@ -62,6 +71,11 @@ def test_nt_branch_uses_window_means_including_padding():
     feat = torch.ones(1, 4, 15, 15)
     geo = window_geometry(15, 15, 16)
     pooled = torch.nn.functional.avg_pool2d(pad_to_windows(feat, geo), geo.win_h)
+    torch.testing.assert_close(window_means(feat, geo), pooled)
+    for h, w, q in [(40, 40, 256), (30, 17, 64), (10, 10, 16)]:  # asymmetric padding, non-square maps
+        g, f = window_geometry(h, w, q), torch.randn(2, 3, h, w)
+        ref = torch.nn.functional.avg_pool2d(pad_to_windows(f, g), (g.win_h, g.win_w))
+        torch.testing.assert_close(window_means(f, g), ref, atol=1e-6, rtol=1e-5)
     # the last row/column of windows holds one padded (zero) row/column: mean 3/4 (or 9/16 at the corner)
     assert pooled[0, 0, 0, 0] == 1 and pooled[0, 0, 0, 3] == 0.75 and pooled[0, 0, 3, 3] == 0.5625
     logits, nt = head(torch.randn(16, 1, 4), feat, torch.randn(20, 1, 4))

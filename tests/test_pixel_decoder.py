@@ -242,3 +242,22 @@ def test_fp32_under_bf16_autocast() -> None:
     torch.testing.assert_close(mask32, ref_mask, atol=0, rtol=0)
     # bf16 inputs only lose input precision.
     torch.testing.assert_close(mask, ref_mask, atol=0.1, rtol=0.05)
+
+
+def test_position_encoding_cached_per_size_and_inference_mode() -> None:
+    from mabp.modeling.position_encoding import PositionEmbeddingSine
+
+    pe = PositionEmbeddingSine(8)
+    a = pe(torch.zeros(2, 3, 4, 5))
+    assert a.shape == (2, 16, 4, 5) and torch.equal(a[0], a[1])
+    # normalised y of row 0 is 1/4 * 2pi; channel 0 is its sine, channel 8 the x sine (1/5 * 2pi)
+    assert abs(float(a[0, 0, 0, 0]) - math.sin(2 * math.pi / 4)) < 1e-5
+    assert abs(float(a[0, 8, 0, 0]) - math.sin(2 * math.pi / 5)) < 1e-5
+    assert pe(torch.zeros(1, 3, 6, 5)).shape == (1, 16, 6, 5)  # another size, not the cached one
+    with torch.inference_mode():
+        inf = pe(torch.zeros(1, 3, 4, 5))
+    assert torch.equal(inf[0], a[0])
+    # a tensor cached under inference_mode must not leak into autograd afterwards
+    w = torch.ones(16, requires_grad=True)
+    (pe(torch.zeros(1, 3, 4, 5)) * w.view(1, 16, 1, 1)).sum().backward()
+    assert w.grad is not None

@@ -22,21 +22,37 @@ class PositionEmbeddingSine(nn.Module):
         self.temperature = temperature
         self.normalize = normalize
         self.scale = 2 * math.pi
+        # The encoding depends only on (H, W): computed once per size and shared by the batch (a
+        # predictor answering expressions would otherwise rebuild it ~3 ms per call). Inference-mode
+        # tensors cannot enter autograd, so the mode is part of the key. Not a buffer: no state_dict entry.
+        self._cache: dict = {}
 
     @torch.no_grad()
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) -> (B, 2 * num_pos_feats, H, W), a read-only view shared by the batch."""
         b, _, h, w = x.shape
-        ones = torch.ones((b, h, w), device=x.device, dtype=torch.float32)
+        key = (h, w, x.device, x.dtype, torch.is_inference_mode_enabled())
+        pos = self._cache.get(key)
+        if pos is None:
+            if len(self._cache) >= 16:
+                self._cache.clear()
+            pos = self._cache[key] = self._encode(h, w, x.device).to(x.dtype)
+        return pos.expand(b, -1, -1, -1)
+
+    def _encode(self, h: int, w: int, device: torch.device) -> torch.Tensor:
+        """(1, 2 * num_pos_feats, H, W) float32."""
+        b = 1
+        ones = torch.ones((b, h, w), device=device, dtype=torch.float32)
         y_embed = ones.cumsum(1)
         x_embed = ones.cumsum(2)
         if self.normalize:
             eps = 1e-6
             y_embed = y_embed / (y_embed[:, -1:, :] + eps) * self.scale
             x_embed = x_embed / (x_embed[:, :, -1:] + eps) * self.scale
-        dim_t = torch.arange(self.num_pos_feats, dtype=torch.float32, device=x.device)
+        dim_t = torch.arange(self.num_pos_feats, dtype=torch.float32, device=device)
         dim_t = self.temperature ** (2 * torch.div(dim_t, 2, rounding_mode="floor") / self.num_pos_feats)
         pos_x = x_embed[..., None] / dim_t
         pos_y = y_embed[..., None] / dim_t
         pos_x = torch.stack((pos_x[..., 0::2].sin(), pos_x[..., 1::2].cos()), dim=4).flatten(3)
         pos_y = torch.stack((pos_y[..., 0::2].sin(), pos_y[..., 1::2].cos()), dim=4).flatten(3)
-        return torch.cat((pos_y, pos_x), dim=3).permute(0, 3, 1, 2).to(x.dtype)
+        return torch.cat((pos_y, pos_x), dim=3).permute(0, 3, 1, 2).contiguous()

@@ -5,6 +5,7 @@ predicts the mask of window (q // n, q % n) only, by a dot product with that win
 """
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from typing import Tuple
@@ -64,6 +65,7 @@ class WindowGeometry:
         return ys[:, None] * self.n + xs[None, :]
 
 
+@functools.lru_cache(maxsize=256)
 def window_geometry(height: int, width: int, num_queries: int) -> WindowGeometry:
     n = int(round(math.sqrt(num_queries)))
     if n * n != num_queries:
@@ -84,13 +86,28 @@ def windowed_logits(embed: torch.Tensor, feat: torch.Tensor, geo: WindowGeometry
     embed (B, Q, C) query embeddings; feat (B, C, H, W). Returns logits (B, H, W): every pixel gets
     the logit of the query owning its window (no bias, no scale).
     """
-    b, c = feat.shape[:2]
-    n, wh, ww = geo.n, geo.win_h, geo.win_w
-    fp = pad_to_windows(feat, geo).reshape(b, c, n, wh, n, ww).permute(0, 2, 4, 1, 3, 5)  # (B,n,n,C,wh,ww)
-    fp = fp.reshape(b, n * n, c, wh * ww)
-    logits = torch.einsum("bqc,bqcp->bqp", embed, fp)  # (B, Q, wh*ww)
-    logits = logits.reshape(b, n, n, wh, ww).permute(0, 1, 3, 2, 4).reshape(b, n * wh, n * ww)
-    return logits[:, geo.pad_top:geo.pad_top + geo.height, geo.pad_left:geo.pad_left + geo.width]
+    b, c, h, w = feat.shape
+    owner = geo.region_index(feat.device).flatten()  # (HW,)
+    # Each pixel takes its owner's embedding and one dot product: the same sums as padding the map,
+    # cutting it into windows and re-tiling (what the official code does), without those two copies
+    # of the map; padded pixels were cropped away anyway.
+    e = embed.index_select(1, owner).reshape(b * h * w, 1, c)
+    f = feat.flatten(2).transpose(1, 2).reshape(b * h * w, c, 1)
+    return torch.bmm(e, f).view(b, h, w)
+
+
+def window_means(feat: torch.Tensor, geo: WindowGeometry) -> torch.Tensor:
+    """(B, C, H, W) -> (B, C, n, n): each window's mean over its PADDED area (padding counts as zeros).
+
+    Equals avg_pool2d(pad_to_windows(feat), window) (the official centroid), computed as two small
+    matrix products with the 0/1 row and column assignment matrices instead of padding the map.
+    """
+    h, w = feat.shape[-2:]
+    rows = (torch.arange(h, device=feat.device) + geo.pad_top) // geo.win_h
+    cols = (torch.arange(w, device=feat.device) + geo.pad_left) // geo.win_w
+    a_rows = F.one_hot(rows, geo.n).to(feat.dtype)  # (H, n)
+    a_cols = F.one_hot(cols, geo.n).to(feat.dtype)  # (W, n)
+    return (a_rows.t() @ feat @ a_cols) / (geo.win_h * geo.win_w)
 
 
 class RegionalSupervisionHead(nn.Module):
@@ -135,7 +152,7 @@ class RegionalSupervisionHead(nn.Module):
         if not self.with_nt:
             return logits, None
         # Window centroids: average pooling over each window, zero padding included (official).
-        pooled = F.avg_pool2d(pad_to_windows(feat, geo), (geo.win_h, geo.win_w))  # (B, C, n, n)
+        pooled = window_means(feat, geo)  # (B, C, n, n)
         centroids = self.pooler_src_proj(pooled.flatten(2).transpose(1, 2))  # (B, Q, C)
         nt_emb = self.nt_emb_proj(embed)  # (B, Q, C)
         sim_vis = (nt_emb * centroids).sum(-1)  # (B, Q)
