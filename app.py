@@ -57,18 +57,16 @@ logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name
 logging.getLogger("httpx").setLevel(logging.WARNING)  # Gradio's own start-up checks log every request at INFO
 log = logging.getLogger("mabp.app")
 
-import torch  # noqa: E402  (after the environment above)
-
-torch.set_num_threads(ARGS.threads or max(1, min(2, os.cpu_count() or 1)))
-
-from app.service import load_model  # noqa: E402
+from app.service import ModelThread, load_model  # noqa: E402  (torch is imported after the environment above)
 from app.ui import create_app, launch_options  # noqa: E402
 
-LOADED = load_model(ARGS.checkpoint, preset=ARGS.preset)
+# Every torch call (loading included) runs on this one thread: see app/service.py (ModelThread).
+MODEL_THREAD = ModelThread(ARGS.threads or max(1, min(2, os.cpu_count() or 1)))
+LOADED = MODEL_THREAD.run(load_model, ARGS.checkpoint, preset=ARGS.preset)
 if LOADED.notice:
     log.warning("%s — serving %s", LOADED.notice, LOADED.source)
 demo = create_app(LOADED.predictor, notice=LOADED.notice, source=LOADED.source,
-                  concurrency_limit=ARGS.concurrency)
+                  concurrency_limit=ARGS.concurrency, runner=MODEL_THREAD)
 
 if __name__ == "__main__":
     demo.launch(**launch_options(ARGS.host, ARGS.port, ARGS.share))

@@ -8,6 +8,14 @@
     encoded image and per-text outputs, so two users on two images do not re-encode each other's
     image on every request, and a threshold change re-uses the cached outputs.
 Everything visual (overlays, charts) happens outside the lock.
+
+`ModelThread` runs every torch call of the app (loading included) on ONE long-lived thread. libgomp,
+torch's OpenMP runtime, gives every Python thread that runs a parallel op its own thread team, and once
+it manages more threads than there are cores it cuts its spin-waiting to almost nothing; a forward pass
+is ~1,000 small parallel ops, each then paying a sleep/wake-up. Measured on 2 cores with the lite
+checkpoint: a new expression took 217 ms when called from a worker thread of a process whose main
+thread had also run torch, against 119 ms when one thread does everything. Gradio calls handlers from a
+pool of worker threads, so without this the app always paid the slow path.
 """
 from __future__ import annotations
 
@@ -16,9 +24,10 @@ import os
 import threading
 import time
 from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional, Tuple
+from typing import Any, Callable, Optional, Tuple
 
 import numpy as np
 
@@ -92,14 +101,51 @@ def load_model(checkpoint: Optional[str] = None, fallback_preset: str = "lite", 
     return LoadedModel(predictor, source, trained, notice, load_s)
 
 
-class SegmentService:
-    """Thread-safe front of one shared model (see the module docstring)."""
+class ModelThread:
+    """One long-lived thread for all torch work (see the module docstring).
 
-    def __init__(self, predictor: MABPPredictor, max_images: int = 4):
+    run(fn, *args) executes fn there and returns its result (or raises its exception) in the caller;
+    called from the model thread itself it runs inline. Calls are served one at a time, in order.
+    """
+
+    def __init__(self, num_threads: Optional[int] = None):
+        self._ident: Optional[int] = None
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mabp-model",
+                                            initializer=self._start, initargs=(num_threads,))
+
+    def _start(self, num_threads: Optional[int]) -> None:
+        import torch
+
+        self._ident = threading.get_ident()
+        if num_threads:
+            torch.set_num_threads(int(num_threads))  # per-thread OpenMP setting: set it here
+
+    def run(self, fn: Callable[..., Any], *args, **kwargs) -> Any:
+        if threading.get_ident() == self._ident:
+            return fn(*args, **kwargs)
+        return self._executor.submit(fn, *args, **kwargs).result()
+
+    def shutdown(self) -> None:
+        self._executor.shutdown(wait=False)
+
+
+def _inline(fn: Callable[..., Any], *args, **kwargs) -> Any:
+    return fn(*args, **kwargs)
+
+
+class SegmentService:
+    """Thread-safe front of one shared model (see the module docstring).
+
+    runner: a ModelThread to run every model call on (app.py passes one); None runs them in the
+    calling thread (tests, notebooks).
+    """
+
+    def __init__(self, predictor: MABPPredictor, max_images: int = 4, runner: Optional[ModelThread] = None):
         self.model = predictor.model
         self.max_pixels = predictor.max_pixels
         self.max_tokens = predictor.cfg.text.max_tokens if hasattr(predictor.cfg.text, "max_tokens") else None
         self._template = predictor
+        self._run = runner.run if runner is not None else _inline
         self._lock = threading.Lock()  # the model
         self._cache_lock = threading.Lock()  # the small dicts below (never held during a model call)
         self._pool: "OrderedDict[str, MABPPredictor]" = OrderedDict()
@@ -134,14 +180,12 @@ class SegmentService:
                     self._decoded.popitem(last=False)
         return rgb, key
 
-    def _predictor_for(self, rgb: np.ndarray, key: str, progress: Optional[ProgressFn]) -> Tuple[MABPPredictor, bool]:
+    def _predictor_for(self, rgb: np.ndarray, key: str) -> Tuple[MABPPredictor, bool]:
         """The predictor holding this image (encoding it on first use). Call with the lock held."""
         pred = self._pool.get(key)
         if pred is not None:
             self._pool.move_to_end(key)
             return pred, False
-        if progress:
-            progress(0.1, "encoding the image (once per image)")
         # The first predictor is the one we were given; later ones share its model (and its device).
         pred = self._template if not self._pool and not self._template.has_image else \
             MABPPredictor(self.model, device=str(self._template.device), max_pixels=self.max_pixels)
@@ -156,9 +200,18 @@ class SegmentService:
 
     def prepare(self, rgb: np.ndarray, key: str, progress: Optional[ProgressFn] = None) -> float:
         """Encode the image now (e.g. right after an upload) so the first expression is fast."""
+        self._report_encoding(key, progress)
+        return self._run(self._prepare, rgb, key)
+
+    def _prepare(self, rgb: np.ndarray, key: str) -> float:
         with self._lock:
-            pred, _ = self._predictor_for(rgb, key, progress)
+            pred, _ = self._predictor_for(rgb, key)
             return pred.set_image_ms
+
+    def _report_encoding(self, key: str, progress: Optional[ProgressFn]) -> None:
+        # Progress is reported from the caller's (Gradio's) thread, before the model thread works.
+        if progress and key not in self._pool:
+            progress(0.1, "encoding the image (once per image)")
 
     # ---------------------------------------------------------------------------------- predict
     def predict(self, rgb: np.ndarray, key: str, text: str, threshold: Optional[float] = None,
@@ -175,10 +228,15 @@ class SegmentService:
                 raise InputError(f"The mask threshold must be a number between 0 and 1, got {threshold!r}.") from None
             if not np.isfinite(threshold) or not 0.0 < threshold < 1.0:
                 raise InputError(f"The mask threshold must be between 0 and 1 (exclusive), got {threshold}.")
+        self._report_encoding(key, progress)
+        if progress and introspect:
+            progress(0.5, "recording attention, word weights and prototypes")
+        return self._run(self._predict, rgb, key, text, threshold, nt_rule, introspect)
+
+    def _predict(self, rgb: np.ndarray, key: str, text: str, threshold: Optional[float], nt_rule: Optional[str],
+                 introspect: bool) -> GRESResult:
         with self._lock:
-            pred, _ = self._predictor_for(rgb, key, progress)
-            if progress and introspect:
-                progress(0.5, "recording attention, word weights and prototypes")
+            pred, _ = self._predictor_for(rgb, key)
             # Whether the model outputs for this text were already cached on this image (then the
             # result's latency is post-processing only); the predictor keeps them per text.
             cached = text in pred._outputs

@@ -33,7 +33,7 @@ from mabp.predictor import GRESResult, MABPPredictor
 from . import render
 from .components import SafeImage
 from .outputs import PngWriter
-from .service import NT_RULES, SegmentService
+from .service import NT_RULES, ModelThread, SegmentService
 
 log = logging.getLogger("mabp.app")
 
@@ -423,13 +423,13 @@ def notice_html(notice: Optional[str]) -> str:
 
 def create_app(predictor: MABPPredictor, notice: Optional[str] = None, source: Optional[str] = None,
                examples_dir: Path = EXAMPLES_DIR, max_images: int = 4,
-               concurrency_limit: int = 2) -> gr.Blocks:
+               concurrency_limit: int = 2, runner: Optional[ModelThread] = None) -> gr.Blocks:
     """Build the demo around a ready predictor (lite checkpoint in app.py, a tiny model in tests).
 
     notice: shown in a banner at the top (app.py passes "no trained checkpoint found ..." when it
     fell back to the untrained lite preset). Call `.launch()` on the result; the queue is set here.
     """
-    service = SegmentService(predictor, max_images=max_images)
+    service = SegmentService(predictor, max_images=max_images, runner=runner)
     cb = DemoCallbacks(service, max_tokens=predictor.cfg.text.max_tokens)
     inf = predictor.cfg.inference
     rows, labels = load_examples(examples_dir)

@@ -13,7 +13,7 @@ import pytest
 
 from app import ui
 from mabp.image_files import decode_image_bytes, load_image
-from app.service import UNTRAINED_NOTICE, SegmentService, load_model
+from app.service import UNTRAINED_NOTICE, ModelThread, SegmentService, load_model
 from app.ui import DemoCallbacks, SafeImage, Session, create_app
 from mabp.image_io import InputError
 from tests.app_helpers import ROOT, SCENE, force_no_target, running, tiny_predictor, write_inputs
@@ -372,3 +372,42 @@ def test_spaces_front_matter_matches_the_pinned_gradio():
     assert meta["sdk_version"] == gr.__version__  # the installed, pinned gradio
     reqs = (ROOT / "requirements.txt").read_text()
     assert f"gradio=={meta['sdk_version']}" in reqs
+
+
+def test_model_thread_runs_every_model_call_on_one_thread():
+    """With a ModelThread, loading, image encoding and every pass run on that one thread whichever
+    thread calls (libgomp's spin-wait is throttled once several threads own OpenMP teams), errors come
+    back to the caller, and results equal the inline service's."""
+    runner = ModelThread(1)
+    try:
+        pred = runner.run(tiny_predictor)
+        service, inline = SegmentService(pred, max_images=2, runner=runner), SegmentService(tiny_predictor())
+        seen = set()
+        original = pred.model.forward_features
+
+        def spy(*a, **k):
+            seen.add(threading.current_thread().name)
+            return original(*a, **k)
+
+        pred.model.forward_features = spy
+        image = np.random.RandomState(1).randint(0, 255, (60, 70, 3)).astype(np.uint8)
+        key = service.load(image)
+        steps = []
+        service.prepare(*key, progress=lambda f, msg: steps.append((threading.current_thread().name, msg)))
+        assert steps and steps[0][0] == threading.current_thread().name  # progress from the caller
+        out = {}
+        workers = [threading.Thread(target=lambda t=t: out.__setitem__(t, service.predict(*key, t)))
+                   for t in ("the red circle", "all squares", "the left star")]
+        for th in workers:
+            th.start()
+        for th in workers:
+            th.join()
+        assert seen and all(name.startswith("mabp-model") for name in seen), seen
+        for t, r in out.items():
+            assert np.array_equal(r.raw_mask, inline.predict(*inline.load(image), t).raw_mask)
+        with pytest.raises(InputError, match="empty"):
+            service.predict(*key, "   ")
+        with pytest.raises(InputError):
+            runner.run(pred.predict, "")  # raised on the model thread, re-raised here
+    finally:
+        runner.shutdown()
