@@ -45,9 +45,9 @@ def paper_config() -> MABPConfig:
 def lite_config() -> MABPConfig:
     """EfficientNet-Lite0 (ImageNet weights) + MiniLM-L6 (sentence-transformers weights), 320x320.
 
-    The CPU default. Decoder and pixel-decoder width 128 (the paper's 256 costs ~340 ms per expression
-    on 2 CPU cores, 128 about 150 ms: the 3x3 FPN conv at 1/4 and grid_sample dominate), 4 deformable
-    layers, decoder FFN 1024.
+    The CPU default. Decoder and pixel-decoder width 128 (the paper's 256 cost ~340 ms per expression
+    on 2 CPU cores when this was chosen; at 128 a new expression now takes ~110-120 ms, see
+    benchmarks/latency.py), 4 deformable layers, decoder FFN 1024.
     Late fusion: the official zero-initialised PWAM gates receive exactly zero gradient and never
     open, so the official model's visual stages are language-free in practice; "late" makes that
     explicit, drops the dead gate weights, and lets the predictor cache the image pass.
