@@ -63,7 +63,9 @@ class MSDeformAttnEncoderLayer(nn.Module):
         # Position only enters the query (offsets / weights); values are sampled from plain src.
         attn = self.self_attn(src + pos, reference_points, src, spatial_shapes, level_start_index)
         src = self.norm1(src + self.dropout1(attn))
-        ffn = self.linear2(self.dropout2(F.relu(self.linear1(src))))
+        # In place: the (tokens x d_ffn) hidden map is the largest activation here, and Linear's
+        # backward does not need its own output, so autograd allows it.
+        ffn = self.linear2(self.dropout2(F.relu(self.linear1(src), inplace=True)))
         return self.norm2(src + self.dropout3(ffn))
 
 
