@@ -254,7 +254,8 @@ def test_export_rle_round_trip_evaluates_identically(synth, base_result, ckpt, t
     assert exp["n"] == N_SAMPLES and exp["synthgres_export"]
     ours = json.loads(json.dumps(base_result))  # as JSON, like results.json
     assert exp["metrics"] == ours["metrics"]
-    assert exp["breakdowns"]["target"] == ours["breakdowns"]["target"]
+    assert exp["breakdowns"] == ours["breakdowns"]  # target, and the export's expression type / nt kind
+    assert set(exp["breakdowns"]) >= {"target", "type"}
     assert exp["per_rule"] == ours["per_rule"] and exp["per_head_nt"] == ours["per_head_nt"]
     per_sample = [json.loads(line) for line in (out / "per_sample.jsonl").read_text().splitlines()]
     assert [(r["ref_id"], r["sentence"], r["iou"], r["outcome"]) for r in per_sample] == \

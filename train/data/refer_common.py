@@ -9,6 +9,7 @@ Sample schema (identical to SynthGRES):
     {"image": (H, W, 3) uint8 RGB, "mask": (H, W) bool, "sentence": str, "no_target": bool,
      "target_ids": list[int], "tags": {"target": ..., "type": None, "nt_kind": None},
      "image_id": int, "ref_id": int, "sent_id": int, "split": str}
+    (a SynthGRES export fills "type" and "nt_kind" from its refs' "synthgres_tags").
 
 Data decisions (reference §5, §7.3 item 9), all counted in the split report, never silent:
 - refs without sentences are skipped (gRefCOCO issue #3);
@@ -97,6 +98,7 @@ class Ref:
     sentences: List[Dict[str, Any]]
     file_name: Optional[str] = None  # the ref's own file_name (may carry a `_x` suffix); unused for paths
     nt_inconsistent: bool = False  # `no_target: true` but real ann ids listed (treated as no-target)
+    extra_tags: Dict[str, Any] = field(default_factory=dict)  # a SynthGRES export's "synthgres_tags"
 
 
 @dataclass
@@ -183,9 +185,13 @@ class ReferSource:
             if "sent_id" not in s:
                 s["sent_id"] = sent_ids[j] if j < len(sent_ids) else -1
             norm_sents.append(s)
+        # A SynthGRES export carries the generator's expression type / no-target kind; keep them so the
+        # export's evaluation has the same breakdowns as the generated split. Real gRefCOCO has none.
+        extra = r.get("synthgres_tags")
+        extra = {k: v for k, v in extra.items() if k in ("type", "nt_kind")} if isinstance(extra, dict) else {}
         return Ref(ref_id=int(r["ref_id"]), image_id=int(r["image_id"]), split=str(r["split"]),
                    ann_ids=[] if no_target else ann_ids, no_target=no_target, sentences=norm_sents,
-                   file_name=r.get("file_name"), nt_inconsistent=flag and bool(ann_ids))
+                   file_name=r.get("file_name"), nt_inconsistent=flag and bool(ann_ids), extra_tags=extra)
 
     def split_names(self) -> List[str]:
         """All split names present in the refs file, in first-seen order."""
@@ -483,7 +489,7 @@ class ReferDataset(Dataset):
             "sentence": self._text(sent),
             "no_target": ref.no_target,
             "target_ids": list(ref.ann_ids),
-            "tags": {"target": self._tags[ref.ref_id], "type": None, "nt_kind": None},
+            "tags": {"target": self._tags[ref.ref_id], "type": None, "nt_kind": None, **ref.extra_tags},
             "image_id": ref.image_id,
             "ref_id": ref.ref_id,
             "sent_id": int(sent["sent_id"]),
