@@ -311,6 +311,8 @@ def test_load_model_fallback_and_explicit_checkpoint(tmp_path, monkeypatch):
     ckpt = save_checkpoint(tiny_predictor().model, tmp_path / "tiny.pt")
     loaded = load_model(None, env={"MABP_CHECKPOINT": str(ckpt)})
     assert loaded.trained and loaded.notice is None and loaded.predictor.cfg.preset == "tiny"
+    # warmed up on a blank image (first-call costs paid at start), and left with no image set
+    assert not loaded.predictor.has_image and not loaded.predictor._outputs
 
 
 def test_app_py_builds_the_model_at_import_from_the_environment(tmp_path, monkeypatch):
