@@ -12,7 +12,7 @@ Everything visual (overlays, charts) happens outside the lock.
 `ModelThread` runs every torch call of the app (loading included) on ONE long-lived thread. libgomp,
 torch's OpenMP runtime, gives every Python thread that runs a parallel op its own thread team, and once
 it manages more threads than there are cores it cuts its spin-waiting to almost nothing; a forward pass
-is ~1,000 small parallel ops, each then paying a sleep/wake-up. Measured on 2 cores with the lite
+is hundreds of small parallel ops, each then paying a sleep/wake-up. Measured on 2 cores with the lite
 checkpoint: a new expression took 217 ms when called from a worker thread of a process whose main
 thread had also run torch, against 119 ms when one thread does everything. Gradio calls handlers from a
 pool of worker threads, so without this the app always paid the slow path.

@@ -41,8 +41,7 @@ class PositionEmbeddingSine(nn.Module):
 
     def _encode(self, h: int, w: int, device: torch.device) -> torch.Tensor:
         """(1, 2 * num_pos_feats, H, W) float32."""
-        b = 1
-        ones = torch.ones((b, h, w), device=device, dtype=torch.float32)
+        ones = torch.ones((1, h, w), device=device, dtype=torch.float32)
         y_embed = ones.cumsum(1)
         x_embed = ones.cumsum(2)
         if self.normalize:

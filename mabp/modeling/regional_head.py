@@ -58,10 +58,15 @@ class WindowGeometry:
                           max(by0, min(y0 + self.win_h, self.height))])
         return torch.tensor(boxes, dtype=torch.long)
 
-    def region_index(self, device: torch.device | None = None) -> torch.Tensor:
-        """(H, W) long map: the query whose window owns each pixel."""
+    def window_rows_cols(self, device: torch.device | None = None) -> Tuple[torch.Tensor, torch.Tensor]:
+        """(H,) window row of each pixel row and (W,) window column of each pixel column (long)."""
         ys = (torch.arange(self.height, device=device) + self.pad_top) // self.win_h
         xs = (torch.arange(self.width, device=device) + self.pad_left) // self.win_w
+        return ys, xs
+
+    def region_index(self, device: torch.device | None = None) -> torch.Tensor:
+        """(H, W) long map: the query whose window owns each pixel."""
+        ys, xs = self.window_rows_cols(device)
         return ys[:, None] * self.n + xs[None, :]
 
 
@@ -102,9 +107,7 @@ def window_means(feat: torch.Tensor, geo: WindowGeometry) -> torch.Tensor:
     Equals avg_pool2d(pad_to_windows(feat), window) (the official centroid), computed as two small
     matrix products with the 0/1 row and column assignment matrices instead of padding the map.
     """
-    h, w = feat.shape[-2:]
-    rows = (torch.arange(h, device=feat.device) + geo.pad_top) // geo.win_h
-    cols = (torch.arange(w, device=feat.device) + geo.pad_left) // geo.win_w
+    rows, cols = geo.window_rows_cols(feat.device)
     a_rows = F.one_hot(rows, geo.n).to(feat.dtype)  # (H, n)
     a_cols = F.one_hot(cols, geo.n).to(feat.dtype)  # (W, n)
     return (a_rows.t() @ feat @ a_cols) / (geo.win_h * geo.win_w)
