@@ -107,13 +107,15 @@ def _attention_weights(mha: nn.MultiheadAttention, query: torch.Tensor, key: tor
         d = e // h
         q = q.reshape(qn, b * h, d).transpose(0, 1) / math.sqrt(d)  # (B*h, Q, d)
         k = k.reshape(sn, b * h, d).transpose(0, 1)
-        scores = torch.bmm(q, k.transpose(1, 2))  # (B*h, Q, S)
+        scores = torch.bmm(q, k.transpose(1, 2)).view(b, h, qn, sn)
         if attn_mask is not None:
-            if attn_mask.dtype == torch.bool:
-                scores = scores.masked_fill(attn_mask, float("-inf"))
+            # (B, 1, Q, S) shared by the heads, or nn.MultiheadAttention's (B*h, Q, S)
+            mask = attn_mask if attn_mask.dim() == 4 else attn_mask.view(b, h, qn, sn)
+            if mask.dtype == torch.bool:
+                scores = scores.masked_fill(mask, float("-inf"))
             else:
-                scores = scores + attn_mask
-        weights = scores.softmax(-1).view(b, h, qn, sn).mean(1)
+                scores = scores + mask
+        weights = scores.softmax(-1).mean(1)
     return weights.detach()
 
 

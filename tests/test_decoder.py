@@ -8,7 +8,8 @@ import torch
 from mabp import build_mabp
 from mabp.config import DecoderConfig
 from mabp.modeling import mabp_decoder
-from mabp.modeling.mabp_decoder import MABPDecoder, queries_to_grid, region_attention_mask, upsample_queries
+from mabp.modeling.mabp_decoder import (MABPDecoder, as_per_head, queries_to_grid, region_attention_mask,
+                                        upsample_queries)
 from mabp.modeling.query_generator import QueryGenerator
 from mabp.modeling.regional_head import (RegionalSupervisionHead, pad_to_windows, window_geometry,
                                          window_means, windowed_logits)
@@ -86,7 +87,9 @@ def test_attention_mask_rule_own_window_or_foreground_language_never_masked():
     heads, tokens = 2, 3
     logits = torch.full((1, 8, 8), -5.0)
     logits[0, 6, 1] = 5.0  # one foreground pixel (outside window 0)
-    m = region_attention_mask(logits, num_queries=4, num_heads=heads, num_tokens=tokens)
+    shared = region_attention_mask(logits, num_queries=4, num_tokens=tokens)
+    assert shared.shape == (1, 1, 4, 64 + tokens)
+    m = as_per_head(shared, heads)
     assert m.shape == (heads, 4, 64 + tokens)
     geo = window_geometry(8, 8, 4)  # windows of 3 pixels with padding (8 // 2 + 1 = 5? no: n=2 -> ws=5)
     owner = geo.region_index().flatten()
@@ -104,7 +107,7 @@ def test_attention_mask_opens_visual_row_of_padding_only_window():
     # first row of windows covers only padding. With no foreground, such a query's visual row is opened
     # (official guard on the visual part), not left with language only.
     logits = torch.full((1, 40, 40), -5.0)
-    m = region_attention_mask(logits, num_queries=256, num_heads=1, num_tokens=2)
+    m = region_attention_mask(logits, num_queries=256, num_tokens=2)[:, 0]
     geo = window_geometry(40, 40, 256)
     owner = geo.region_index().flatten()
     assert not (owner == 0).any()  # query 0 owns only padding
@@ -113,26 +116,51 @@ def test_attention_mask_opens_visual_row_of_padding_only_window():
     assert torch.equal(~m[0, q, :1600], owner == q)
 
 
-def test_additive_masks_give_the_bool_mask_results():
-    """The decoder builds additive float masks before the head expansion (no B*heads copy); outputs must
-    equal those with nn.MultiheadAttention's own bool handling."""
+def test_shared_masks_give_the_per_head_mask_results():
+    """The decoder builds one additive (B, 1, Q, K) mask shared by the heads (no B*heads copy);
+    outputs must equal those of nn.MultiheadAttention's own (B*heads, Q, K) bool handling."""
     torch.manual_seed(0)
     model = build_mabp("tiny").eval()
     images, ids, mask = torch.rand(2, 3, 96, 96) * 255, torch.randint(5, 50, (2, 20)), torch.ones(2, 20, dtype=torch.long)
     with torch.no_grad():
         fast = model(images, ids, mask)
-        additive = region_attention_mask(torch.randn(2, 12, 12), 16, 4, 20, additive=torch.float32)
-        assert additive.shape == (8, 16, 164) and additive.dtype == torch.float32
-        one = region_attention_mask(torch.randn(1, 12, 12), 16, 4, 20, additive=torch.float32)
-        assert one.stride(0) == 0  # B = 1: a view shared by the heads, nothing copied
-        original = mabp_decoder.per_head
+        additive = region_attention_mask(torch.randn(2, 12, 12), 16, 20, additive=torch.float32)
+        assert additive.shape == (2, 1, 16, 164) and additive.dtype == torch.float32
+        original = mabp_decoder.shared_head_mask
         try:
-            mabp_decoder.per_head = lambda blocked, heads, additive=None: original(blocked, heads, None)
+            # the reference: bool masks in nn.MultiheadAttention's (B*heads, Q, K) form
+            mabp_decoder.shared_head_mask = lambda blocked, additive=None: as_per_head(
+                original(blocked, None), model.cfg.decoder.num_heads)
             slow = model(images, ids, mask)
         finally:
-            mabp_decoder.per_head = original
+            mabp_decoder.shared_head_mask = original
     for a, b in zip(fast["pred_masks"], slow["pred_masks"]):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+    for a, b in zip(fast["nt_logits"], slow["nt_logits"]):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
+def test_shared_mask_attention_equals_multihead_attention_in_values_and_gradients():
+    from mabp.modeling.masked_attention import MaskedMultiheadAttention
+
+    torch.manual_seed(0)
+    attn = MaskedMultiheadAttention(16, 4)
+    q, kv = torch.randn(6, 3, 16, requires_grad=True), torch.randn(9, 3, 16, requires_grad=True)
+    blocked = torch.rand(3, 6, 9) < 0.4
+    blocked[..., 0] = False  # every row keeps one visible key
+    for form in (None, torch.float32):
+        shared = mabp_decoder.shared_head_mask(blocked, form)
+        out = attn(q, kv, kv, attn_mask=shared, need_weights=False)[0]
+        ref = torch.nn.MultiheadAttention.forward(attn, q, kv, kv, attn_mask=as_per_head(shared, 4),
+                                                  need_weights=False)[0]
+        torch.testing.assert_close(out, ref, atol=1e-6, rtol=1e-5)
+        g = torch.randn_like(out)
+        grads = torch.autograd.grad(out, [q, kv, attn.in_proj_weight], g)
+        grads_ref = torch.autograd.grad(ref, [q, kv, attn.in_proj_weight], g)
+        for a, b in zip(grads, grads_ref):
+            torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+    with pytest.raises(ValueError, match="B, 1, Q, K"):
+        attn(q, kv, kv, attn_mask=torch.zeros(3, 1, 5, 9), need_weights=False)
 
 
 def test_query_upsampling_is_nearest_row_major():

@@ -8,7 +8,7 @@ import torch
 from mabp import build_mabp, get_config
 from mabp.config import DecoderConfig, LossConfig
 from mabp.criterion import MABPCriterion, build_criterion
-from mabp.modeling.mabp_decoder import MABPDecoder, global_attention_mask
+from mabp.modeling.mabp_decoder import MABPDecoder, as_per_head, global_attention_mask
 from mabp.modeling.mixed_modal_layer import MixedModalLayer
 from mabp.modeling.naive_head import NaiveAggregationHead
 from mabp.modeling.query_generator import QueryGenerator
@@ -159,10 +159,10 @@ def test_attention_mask_kinds():
     dec = MABPDecoder(DecoderConfig(hidden_dim=16, num_heads=2, ffn_dim=32, layer_type="ria_rla"), 12, 20)
     x, feat = torch.randn(16, 3, 16), torch.randn(3, 16, 6, 6)
     m = dec.attention_mask(x, dec.heads[0], feat)
-    assert m.shape == (3 * 2, 16, 36)  # vision only: RIA has no language columns
+    assert m.shape == (3, 1, 16, 36)  # vision only: RIA has no language columns; shared by the 2 heads
     per_query = torch.einsum("bqc,bchw->bqhw", dec.heads[0].embed(x), feat)
     # additive (0 / -inf) form of the bool rule, shared by the heads
-    blocked = global_attention_mask(per_query, 2, 0)
+    blocked = global_attention_mask(per_query, 0)
     assert m.dtype == torch.float32
     assert torch.equal(m == float("-inf"), blocked) and torch.equal(m[~blocked], torch.zeros(int((~blocked).sum())))
 
@@ -172,13 +172,13 @@ def test_global_attention_mask_rule():
     logits[0, 0, 0, 1] = 3.0  # query 0: one pixel
     logits[0, 1] = 1.0  # query 1: everything
     # query 2: nothing -> its row is opened (Mask2Former guard)
-    m = global_attention_mask(logits, num_heads=2, num_tokens=3)
+    m = as_per_head(global_attention_mask(logits, num_tokens=3), 2)
     assert m.shape == (2, 3, 4 + 3)
     assert m[0, 0, :4].tolist() == [True, False, True, True]
     assert not m[0, 1].any() and not m[0, 2].any()
     assert not m[:, :, 4:].any() and torch.equal(m[0], m[1])
     # sigmoid >= 0.5 is allowed: a logit of exactly 0 is visible
-    assert not global_attention_mask(torch.zeros(1, 1, 1, 2), 1)[0, 0].any()
+    assert not global_attention_mask(torch.zeros(1, 1, 1, 2))[0, 0].any()
 
 
 def test_naive_head_aggregations_by_hand():

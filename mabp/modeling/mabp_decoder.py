@@ -46,19 +46,24 @@ def queries_to_grid(x: torch.Tensor) -> torch.Tensor:
     return x.permute(1, 2, 0).reshape(b, c, n, n)
 
 
-def per_head(blocked: torch.Tensor, num_heads: int, additive: Optional[torch.dtype] = None) -> torch.Tensor:
-    """(B, Q, K) bool, True = blocked -> the (B*heads, Q, K) mask nn.MultiheadAttention takes.
+def shared_head_mask(blocked: torch.Tensor, additive: Optional[torch.dtype] = None) -> torch.Tensor:
+    """(B, Q, K) bool, True = blocked -> the (B, 1, Q, K) mask every head shares.
 
-    Every head shares the mask, so it is expanded, not copied: for B = 1 the result is a stride-0 view.
-    additive=None keeps it bool. additive=dtype returns the float mask (0 visible, -inf blocked) that
-    nn.MultiheadAttention would otherwise build itself from a bool mask; building it BEFORE the head
-    expansion avoids materialising B*heads*Q*K floats (13 MB and ~5 ms per fine-scale layer on CPU).
+    MaskedMultiheadAttention broadcasts it over the heads inside scaled_dot_product_attention, so no
+    B*heads*Q*K copy is ever made (nn.MultiheadAttention's own (B*heads, Q, K) form needs one per layer
+    for B > 1: 106 MB for lite at batch 8 at 1/8). `as_per_head` gives that form where it is wanted.
+    additive=None keeps it bool; additive=dtype returns the float mask (0 visible, -inf blocked).
     """
-    b, q, k = blocked.shape
     blocked = blocked.detach()
     if additive is not None:
-        blocked = torch.zeros(b, q, k, dtype=additive, device=blocked.device).masked_fill_(blocked, float("-inf"))
-    return blocked.unsqueeze(1).expand(b, num_heads, q, k).reshape(b * num_heads, q, k)
+        blocked = torch.zeros(blocked.shape, dtype=additive, device=blocked.device).masked_fill_(blocked, float("-inf"))
+    return blocked.unsqueeze(1)
+
+
+def as_per_head(mask: torch.Tensor, num_heads: int) -> torch.Tensor:
+    """(B, 1, Q, K) shared mask -> nn.MultiheadAttention's (B*heads, Q, K) form (a copy when B > 1)."""
+    b, _, q, k = mask.shape
+    return mask.expand(b, num_heads, q, k).reshape(b * num_heads, q, k)
 
 
 def mask_dtype(like: torch.Tensor) -> torch.dtype:
@@ -69,13 +74,13 @@ def mask_dtype(like: torch.Tensor) -> torch.dtype:
     return like.dtype
 
 
-def region_attention_mask(logits: torch.Tensor, num_queries: int, num_heads: int, num_tokens: int,
+def region_attention_mask(logits: torch.Tensor, num_queries: int, num_tokens: int,
                           additive: Optional[torch.dtype] = None) -> torch.Tensor:
     """The MMD attention mask (reference §1.6): a query may attend to the pixels of its own window
     plus every pixel predicted foreground anywhere, plus all language tokens.
 
-    logits (B, H, W) of the scale's main RSH branch. Returns bool (B*heads, Q, H*W + L), True = blocked
-    (or its additive float form, see `per_head`).
+    logits (B, H, W) of the scale's main RSH branch. Returns bool (B, 1, Q, H*W + L) shared by the heads,
+    True = blocked (or its additive float form, see `shared_head_mask`).
     """
     b, h, w = logits.shape
     geo = window_geometry(h, w, num_queries)
@@ -90,25 +95,25 @@ def region_attention_mask(logits: torch.Tensor, num_queries: int, num_heads: int
     blocked = blocked & ~blocked.all(dim=-1, keepdim=True)
     lang_cols = torch.zeros(b, num_queries, num_tokens, dtype=torch.bool, device=logits.device)
     blocked = torch.cat([blocked, lang_cols], dim=2)
-    return per_head(blocked, num_heads, additive)
+    return shared_head_mask(blocked, additive)
 
 
-def global_attention_mask(query_logits: torch.Tensor, num_heads: int, num_tokens: int = 0,
+def global_attention_mask(query_logits: torch.Tensor, num_tokens: int = 0,
                           additive: Optional[torch.dtype] = None) -> torch.Tensor:
     """RIA / Mask2Former attention mask: each query attends to the pixels of its OWN whole-image mask
     (sigmoid >= 0.5), with no window restriction; a query whose mask is empty gets its visual row
     opened (Mask2Former's guard; without it a vision-only softmax would be all -inf -> NaN).
     `num_tokens` language columns (MMD memory) are appended, never blocked.
 
-    query_logits (B, Q, H, W). Returns bool (B*heads, Q, H*W + num_tokens), True = blocked (or its
-    additive float form, see `per_head`).
+    query_logits (B, Q, H, W). Returns bool (B, 1, Q, H*W + num_tokens) shared by the heads, True =
+    blocked (or its additive float form, see `shared_head_mask`).
     """
     b, q = query_logits.shape[:2]
     blocked = (query_logits.sigmoid() < 0.5).flatten(2)  # (B, Q, HW)
     blocked = blocked & ~blocked.all(dim=-1, keepdim=True)
     lang_cols = torch.zeros(b, q, num_tokens, dtype=torch.bool, device=query_logits.device)
     blocked = torch.cat([blocked, lang_cols], dim=2)
-    return per_head(blocked, num_heads, additive)
+    return shared_head_mask(blocked, additive)
 
 
 def flatten_scales(feats: List[torch.Tensor], level_embed: nn.Embedding, pe_layer: nn.Module):
@@ -190,14 +195,14 @@ class MABPDecoder(nn.Module):
     @torch.no_grad()
     def attention_mask(self, x: torch.Tensor, head: nn.Module, feat: torch.Tensor) -> torch.Tensor:
         """The cross-attention mask for the next layer from queries x (Q, B, C), that layer's scale
-        head and features (B, C, H, W). (B*heads, Q, HW [+ L for the MMD's language columns]), detached,
+        head and features (B, C, H, W). (B, 1, Q, HW [+ L for the MMD's language columns]), detached,
         additive (0 visible, -inf blocked) in the attention's dtype."""
         tokens = self.num_tokens if self.layer_type == "mmd" else 0  # RIA's memory is vision only
         additive = mask_dtype(x)
         if self.mask_kind == "region":
-            return region_attention_mask(head.mask_logits(x, feat), x.shape[0], self.num_heads, tokens, additive)
+            return region_attention_mask(head.mask_logits(x, feat), x.shape[0], tokens, additive)
         query_logits = torch.einsum("bqc,bchw->bqhw", head.embed(x), feat)  # whole-image per-query masks
-        return global_attention_mask(query_logits, self.num_heads, tokens, additive)
+        return global_attention_mask(query_logits, tokens, additive)
 
     def forward(self, feats: List[torch.Tensor], mask_features: torch.Tensor, lang: torch.Tensor,
                 lang_mask: torch.Tensor) -> Dict[str, list]:

@@ -7,6 +7,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from .masked_attention import MaskedMultiheadAttention
+
 
 class MixedModalLayer(nn.Module):
     """Language-token mixing -> masked cross-attention over [vision ; language] -> joint
@@ -15,7 +17,8 @@ class MixedModalLayer(nn.Module):
     Shapes (sequence-first, as nn.MultiheadAttention's default):
       x (Q, B, C) queries, query_pos (Q, B, C), lang (L, B, C) language tokens, lang_pos (L, B, C),
       memory (HW, B, C) visual tokens of this layer's scale, memory_pos (HW, B, C),
-      attn_mask (B*heads, Q, HW + L): bool, True = may NOT attend, or additive float (-inf = may not);
+      attn_mask (B, 1, Q, HW + L) shared by the heads, or (B*heads, Q, HW + L): bool, True = may NOT
+      attend, or additive float (-inf = may not);
       language columns are never blocked.
     Returns the updated (x, lang).
     """
@@ -25,7 +28,7 @@ class MixedModalLayer(nn.Module):
         # A separate Linear(L -> L) per layer mixes the language tokens along the token axis; after it
         # the padded slots are no longer zero (and no key-padding mask is used anywhere in the MMD).
         self.token_mix = nn.Linear(num_tokens, num_tokens)
-        self.cross_attn = nn.MultiheadAttention(hidden_dim, num_heads, dropout=dropout)
+        self.cross_attn = MaskedMultiheadAttention(hidden_dim, num_heads, dropout=dropout)
         self.cross_norm = nn.LayerNorm(hidden_dim)
         self.self_attn = nn.MultiheadAttention(hidden_dim, num_heads, dropout=dropout)
         self.self_norm = nn.LayerNorm(hidden_dim)

@@ -56,10 +56,10 @@ class ReLADecoder(nn.Module):
 
     @torch.no_grad()
     def attention_mask(self, x: torch.Tensor, mask_features: torch.Tensor, size) -> torch.Tensor:
-        """RIA mask for a layer at map size `size` -> (B*heads, Q, h*w) additive (-inf = blocked)."""
+        """RIA mask for a layer at map size `size` -> (B, 1, Q, h*w) additive (-inf = blocked), shared by the heads."""
         masks = F.interpolate(self.head.all_masks(x, mask_features), size=tuple(size), mode="bilinear",
                               align_corners=False)
-        return global_attention_mask(masks, self.num_heads, 0, mask_dtype(x))
+        return global_attention_mask(masks, 0, mask_dtype(x))
 
     def forward(self, feats: List[torch.Tensor], mask_features: torch.Tensor, lang: torch.Tensor,
                 lang_mask: torch.Tensor) -> Dict[str, object]:

@@ -8,6 +8,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from .masked_attention import MaskedMultiheadAttention
+
 from .region_language_attention import RegionLanguageAttention
 
 
@@ -23,7 +25,7 @@ class RIARLALayer(nn.Module):
 
     Shapes (sequence-first): x (Q, B, C), query_pos (Q, B, C), lang (L, B, C) or None, lang_pos unused
     (kept so both layer types share one call signature), memory/memory_pos (HW, B, C),
-    attn_mask (B*heads, Q, HW) bool True = blocked (or additive float, -inf = blocked), words (B, L, Ct) raw text features (needed only
+    attn_mask (B, 1, Q, HW) shared by the heads or (B*heads, Q, HW), bool True = blocked (or additive float, -inf = blocked), words (B, L, Ct) raw text features (needed only
     by an RLA that projects words). Returns the updated (x, lang).
     """
 
@@ -31,7 +33,7 @@ class RIARLALayer(nn.Module):
                  dropout: float = 0.0, rla: Optional[RegionLanguageAttention] = None):
         super().__init__()
         self.token_mix = nn.Linear(num_tokens, num_tokens) if num_tokens else None
-        self.cross_attn = nn.MultiheadAttention(hidden_dim, num_heads, dropout=dropout)
+        self.cross_attn = MaskedMultiheadAttention(hidden_dim, num_heads, dropout=dropout)
         self.cross_norm = nn.LayerNorm(hidden_dim)
         self.rla = rla
         self.self_attn = nn.MultiheadAttention(hidden_dim, num_heads, dropout=dropout)
