@@ -51,7 +51,7 @@ class Collator:
     Batch keys:
       images (B, 3, S, S) float32 in 0..255, input_ids (B, L) long, attention_mask (B, L) long,
       gt_masks (B, S, S) float32 in {0, 1}, no_target (B,) bool,
-      sentences, tags, image_ids, ref_ids, sent_ids, sample_ids (lists), truncated (list of bool).
+      sentences, tags, image_ids, image_keys, ref_ids, sent_ids, sample_ids (lists), truncated (list of bool).
     """
 
     def __init__(self, tokenizer: TextTokenizer, image_size: int, resize_mode: str = "squash"):
@@ -83,6 +83,9 @@ class Collator:
             "sentences": [s["sentence"] for s in samples],
             "tags": [dict(s.get("tags") or {}) for s in samples],
             "image_ids": [s.get("image_id") for s in samples],
+            # (split, image id): what train.visual_cache keys an image's visual maps by (None: no id)
+            "image_keys": [None if s.get("image_id") is None else (s.get("split"), s.get("image_id"))
+                           for s in samples],
             "ref_ids": [s.get("ref_id") for s in samples],
             "sent_ids": [s.get("sent_id") for s in samples],
             "sample_ids": [sample_id(s) for s in samples],

@@ -43,7 +43,12 @@ Schema (every key, its default and meaning)::
     train:
       batch_size: 2             # PER PROCESS; the total batch is batch_size x world_size
       eval_batch_size: null     # null = batch_size
-      amp: auto                 # auto (fp16 on CUDA, off on CPU) | fp16 | off
+      amp: auto                 # auto (fp16 on CUDA, off on CPU) | fp16 (CUDA) | bf16 (CUDA, or CPUs with
+                                # native bf16) | off; the pixel decoder always runs in fp32
+      visual_cache_mb: 1024     # one visual pass per image when the visual stages are frozen and
+                                # language-free (lite): LRU of per-image maps, this many MB; 0 = off
+      compile: false            # torch.compile the model (inductor); falls back to eager with a warning
+      channels_last: false      # CUDA only: channels-last memory format for the convolutions
       device: auto              # auto | cpu | cuda
       seed: 0
       log_every: 10
@@ -90,6 +95,7 @@ DEFAULTS: Dict[str, Any] = {
     "train": {"batch_size": 2, "eval_batch_size": None, "amp": "auto", "device": "auto", "seed": 0,
               "log_every": 10, "eval_every": 500, "ckpt_every": 500, "output_dir": None,
               "resume": "auto", "max_nonfinite": 5, "tensorboard": True, "num_threads": None,
+              "visual_cache_mb": 1024, "compile": False, "channels_last": False,
               "find_unused_parameters": False},
     "loss": {},
     "eval": {"nt_rule": "any", "threshold": 0.5, "min_pixels": 0},

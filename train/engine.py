@@ -51,6 +51,7 @@ from train.collate import Collator, to_device
 from train.config import dump_config, model_config
 from train.optim import WarmupConstantCosine, build_optimizer, freeze_bert_parts, freeze_prefixes, unwrap
 from train.sampler import ShardedBatchSampler, eval_shard
+from train.visual_cache import VisualFeatureCache, cacheable_visual_pass
 
 EVAL_KEYS = ("gIoU", "cIoU", "N-acc", "T-acc", "Pr@0.7", "Pr@0.8", "Pr@0.9")
 BEST_METRIC = "gIoU"
@@ -64,7 +65,8 @@ class NonFiniteLossError(RuntimeError):
 @torch.no_grad()
 def evaluate(model: nn.Module, loader: DataLoader, device: torch.device, nt_rule: str = "any",
              threshold: float = 0.5, min_pixels: int = 0, amp: bool = False,
-             criterion: Optional[nn.Module] = None, progress: bool = False) -> Tuple[Dict[str, Any], GRESMeter]:
+             criterion: Optional[nn.Module] = None, progress: bool = False,
+             amp_dtype: torch.dtype = torch.float16) -> Tuple[Dict[str, Any], GRESMeter]:
     """One pass over `loader`; returns (metrics, meter), both reduced over ranks when distributed.
 
     Masks are decided at the model size S x S (logits bilinearly upsampled from S/4, sigmoid > threshold)
@@ -80,7 +82,7 @@ def evaluate(model: nn.Module, loader: DataLoader, device: torch.device, nt_rule
     try:
         for batch in tqdm(loader, desc="eval", leave=False, disable=not progress, dynamic_ncols=True):
             batch = to_device(batch, device)
-            with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=amp):
+            with torch.autocast(device_type=device.type, dtype=amp_dtype, enabled=amp):
                 out = model(batch["images"], batch["input_ids"], batch["attention_mask"])
             out = _to_float(out)
             size = tuple(batch["gt_masks"].shape[-2:])
@@ -137,6 +139,40 @@ def _worker_ignores_sigint(worker_id: int) -> None:  # noqa: ARG001 - DataLoader
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
+def compile_or_eager(model: nn.Module) -> nn.Module:
+    """torch.compile(model) (inductor; on CPU it needs a C++ compiler), or the eager model with a
+    warning when compilation is unavailable. Compilation itself happens at the first call; a failure
+    there falls back to eager too (see CompiledOrEager)."""
+    try:
+        compiled = torch.compile(model)
+    except Exception as exc:  # noqa: BLE001 - any backend problem means: run eager
+        warnings.warn(f"train.compile: torch.compile is unavailable ({exc}); training eagerly")
+        return model
+    return CompiledOrEager(compiled, model)
+
+
+class CompiledOrEager:
+    """Calls the compiled model; if the first compiled call raises (missing compiler, unsupported op),
+    warns once and uses the eager model from then on. Same outputs either way."""
+
+    def __init__(self, compiled: Any, eager: nn.Module):
+        self.compiled, self.eager, self.ok = compiled, eager, None
+
+    def __call__(self, *args, **kwargs):
+        if self.ok is False:
+            return self.eager(*args, **kwargs)
+        try:
+            out = self.compiled(*args, **kwargs)
+        except Exception as exc:  # noqa: BLE001
+            if self.ok:  # it worked before: a real error of this batch, not a compile problem
+                raise
+            warnings.warn(f"train.compile: compilation failed ({type(exc).__name__}: {exc}); training eagerly")
+            self.ok = False
+            return self.eager(*args, **kwargs)
+        self.ok = True
+        return out
+
+
 # --------------------------------------------------------------------------------------------- trainer
 Hook = Callable[["Trainer"], None]
 
@@ -162,9 +198,14 @@ class Trainer:
         self.is_main = self.dist.is_main
         self.out_dir = Path(t["output_dir"])
         amp = t["amp"]
+        if amp not in ("auto", "fp16", "bf16", "off", True, False, None):
+            raise ValueError(f"train.amp must be auto, fp16, bf16 or off, got {amp!r}")
         if amp in ("fp16", True) and self.device.type != "cuda":
-            raise ValueError("train.amp=fp16 needs CUDA (fp16 autocast + GradScaler); use amp: auto or off on CPU")
-        self.amp = self.device.type == "cuda" and amp in ("auto", "fp16", True)
+            raise ValueError("train.amp=fp16 needs CUDA (fp16 autocast + GradScaler); use amp: auto, bf16 or off on CPU")
+        # fp16 (with a GradScaler) on CUDA by default, as the official recipe; bf16 needs no scaler and
+        # also runs on CPUs with native bf16 (AVX512-BF16 / AMX). The pixel decoder stays fp32 either way.
+        self.amp = (self.device.type == "cuda" and amp in ("auto", "fp16", True)) or amp == "bf16"
+        self.amp_dtype = torch.bfloat16 if amp == "bf16" else torch.float16
 
         # Same seed on every rank for the model build (DDP also broadcasts rank 0's weights), then a
         # per-rank stream for dropout.
@@ -182,6 +223,8 @@ class Trainer:
         if o.get("freeze"):
             self.frozen += freeze_prefixes(model, o["freeze"])
         model.to(self.device)
+        if t["channels_last"] and self.device.type == "cuda":
+            model.to(memory_format=torch.channels_last)  # before DDP registers the parameters
         model.train()
         self.bare_model = model
         if self.dist.distributed:
@@ -197,11 +240,17 @@ class Trainer:
         self.optimizer = build_optimizer(model, o["lr"], o["weight_decay"], o["betas"], o["eps"], o["lr_multipliers"])
         self.scheduler = WarmupConstantCosine(o["lr"], s["max_steps"], s["constant_until"], s["lr_end"],
                                               s["warmup_steps"], s["warmup_factor"])
-        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp and self.amp_dtype == torch.float16)
         # build_criterion follows the model config: the MABP loss with the supervised heads of the
         # ablation switches, or the ReLA baseline's loss for arch "rela".
         self.criterion = build_criterion(model.cfg).to(self.device)
         self.params = [p for p in model.parameters() if p.requires_grad]
+        # One visual pass per image when the visual stages are frozen and language-free (lite).
+        mb = t["visual_cache_mb"]
+        self.visual_cache = VisualFeatureCache(int(mb) << 20) if mb and cacheable_visual_pass(model) else None
+        self.forward_model = self.model
+        if t["compile"]:
+            self.forward_model = compile_or_eager(self.model)
 
         self.tokenizer = TextTokenizer(model.cfg.text)
         self.image_size = int(model.cfg.image_size)
@@ -374,8 +423,11 @@ class Trainer:
         """One iteration. Returns {"skipped": bool, loss terms as floats, "grad_norm", "lr"}."""
         batch = to_device(batch, self.device)
         lr = self.scheduler.apply(self.optimizer, self.step)
-        with torch.autocast(device_type=self.device.type, dtype=torch.float16, enabled=self.amp):
-            out = self.model(batch["images"], batch["input_ids"], batch["attention_mask"])
+        visual = None
+        if self.visual_cache is not None:
+            visual = self.visual_cache.features(self.bare_model, batch["images"], batch["image_keys"])
+        with torch.autocast(device_type=self.device.type, dtype=self.amp_dtype, enabled=self.amp):
+            out = self.forward_model(batch["images"], batch["input_ids"], batch["attention_mask"], visual=visual)
         losses = self.criterion(_to_float(out), batch["gt_masks"], batch["no_target"])
         loss = losses["loss"]
         # Every rank must take the same branch (a rank that skips backward would hang DDP's all-reduce).
@@ -406,7 +458,7 @@ class Trainer:
     def run_eval(self) -> Dict[str, Any]:
         metrics, _ = evaluate(self.model, self.val_loader, self.device, self.cfg["eval"]["nt_rule"],
                               self.cfg["eval"]["threshold"], self.cfg["eval"]["min_pixels"], self.amp,
-                              criterion=self.criterion, progress=self.is_main)
+                              criterion=self.criterion, progress=self.is_main, amp_dtype=self.amp_dtype)
         self.last_metrics = metrics
         record = {"type": "eval", "step": self.step, "epoch": self.step // self.steps_per_epoch}
         record.update({k: metrics.get(k) for k in EVAL_KEYS + ("val_loss", "n")})
@@ -571,7 +623,10 @@ class Trainer:
             f"run folder: {self.out_dir}",
             f"model: {self.model_cfg.preset} at {self.image_size}x{self.image_size}, {n_all:,} parameters, "
             f"{n_train:,} trainable ({len(self.frozen)} frozen BERT tensors)",
-            f"device: {self.device}, world size {self.dist.world_size}, amp {'fp16' if self.amp else 'off'}, "
+            f"device: {self.device}, world size {self.dist.world_size}, "
+            f"amp {str(self.amp_dtype).replace('torch.', '') if self.amp else 'off'}, "
+            f"visual cache {'on' if self.visual_cache is not None else 'off'}, "
+            f"compile {'on' if self.forward_model is not self.model else 'off'}, "
             f"{torch.get_num_threads()} CPU threads per process",
             f"batch: {self.batch_size} per process x {self.dist.world_size} = {self.global_batch} total; "
             f"{self.steps_per_epoch} steps per epoch of {self.epoch_length} samples; "

@@ -96,8 +96,10 @@ class MABP(nn.Module):
             return self.backbone.forward_fusion(visual, lang_t, mask)
         return self.backbone(self.normalize(images), lang_t, mask)
 
-    def forward(self, images: torch.Tensor, input_ids: torch.Tensor,
-                attention_mask: torch.Tensor) -> Dict[str, List[torch.Tensor]]:
+    def forward(self, images: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                visual: Optional[List[torch.Tensor]] = None) -> Dict[str, List[torch.Tensor]]:
+        """`visual`: the 4 maps of `encode_visual(images)` computed beforehand (a cache of the
+        language-free visual pass, e.g. train.visual_cache); `images` is then not used."""
         lang = self.encode_text(input_ids, attention_mask)
-        feats = self.fuse(lang, attention_mask, images=images)
+        feats = self.fuse(lang, attention_mask, images=None if visual is not None else images, visual=visual)
         return self.forward_features(feats, lang, attention_mask)
