@@ -43,24 +43,25 @@ def paper_config() -> MABPConfig:
 
 @register_preset("lite")
 def lite_config() -> MABPConfig:
-    """EfficientNet-Lite0 (ImageNet weights) + MiniLM-L6 (sentence-transformers weights), 320x320.
+    """EfficientNet-Lite0 (ImageNet weights) + MiniLM-L6 (sentence-transformers weights), 256x256.
 
-    The CPU default. Decoder and pixel-decoder width 128 (the paper's 256 cost ~340 ms per expression
-    on 2 CPU cores when this was chosen; at 128 a new expression now takes ~110-120 ms, see
-    benchmarks/latency.py), 4 deformable layers, decoder FFN 1024.
+    The CPU default, sized by the training-step profile (docs/performance.md): decoder and
+    pixel-decoder width 128 (the paper's 256 cost ~340 ms per expression on 2 CPU cores), decoder FFN
+    1024, and a lean deformable encoder of 2 layers x 2 sampling points (it was 4 x 4 at 320x320 up to
+    the first shipped checkpoint, whose config keeps that: the encoder was ~58 % of a training step).
     Late fusion: the official zero-initialised PWAM gates receive exactly zero gradient and never
     open, so the official model's visual stages are language-free in practice; "late" makes that
     explicit, drops the dead gate weights, and lets the predictor cache the image pass.
     """
     return MABPConfig(
         preset="lite",
-        image_size=320,
+        image_size=256,
         pixel_mean=(127.0, 127.0, 127.0),
         pixel_std=(128.0, 128.0, 128.0),
         visual=VisualConfig(kind="efficientnet_lite0", pretrained=True, fusion="late"),
         text=TextConfig(path="minilm", vocab="minilm", hidden_size=384, num_layers=6, num_heads=12,
                         intermediate_size=1536),
-        pixel_decoder=PixelDecoderConfig(conv_dim=128, mask_dim=128, num_layers=4, ffn_dim=512),
+        pixel_decoder=PixelDecoderConfig(conv_dim=128, mask_dim=128, num_layers=2, num_points=2, ffn_dim=512),
         decoder=DecoderConfig(hidden_dim=128, num_heads=8, ffn_dim=1024),
     )
 

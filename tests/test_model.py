@@ -137,13 +137,13 @@ def test_config_round_trip_and_overrides():
 
 def test_lite_preset_builds_with_pretrained_encoders():
     model = build_mabp("lite").eval()
-    assert model.text_encoder.hidden_size == 384 and model.cfg.image_size == 320
+    assert model.text_encoder.hidden_size == 384 and model.cfg.image_size == 256
     assert model.visual_cacheable()  # late fusion
     tok = TextTokenizer(model.cfg.text)
     t = tok(["the two red circles"])
     with torch.no_grad():
-        out = model(torch.rand(1, 3, 320, 320) * 255, t.input_ids, t.attention_mask)
-    assert [tuple(p.shape) for p in out["pred_masks"]] == [(1, 10, 10), (1, 20, 20), (1, 40, 40), (1, 80, 80)]
+        out = model(torch.rand(1, 3, 256, 256) * 255, t.input_ids, t.attention_mask)
+    assert [tuple(p.shape) for p in out["pred_masks"]] == [(1, 8, 8), (1, 16, 16), (1, 32, 32), (1, 64, 64)]
 
 
 def test_checkpoint_without_package_weights_is_small_and_exact(tmp_path):

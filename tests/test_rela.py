@@ -161,5 +161,5 @@ def test_rela_every_preset_and_checkpoint_round_trip(tmp_path):
         torch.testing.assert_close(model(imgs, ids, mask)["pred_masks"][0], again(imgs, ids, mask)["pred_masks"][0])
     lite = build_mabp("lite", arch="rela").eval()
     with torch.no_grad():
-        out = lite(*_inputs(lite, b=1, size=320))
-    assert out["pred_masks"][0].shape == (1, 80, 80) and out["minimap"].shape == (1, 100, 2)
+        out = lite(*_inputs(lite, b=1, size=256))
+    assert out["pred_masks"][0].shape == (1, 64, 64) and out["minimap"].shape == (1, 100, 2)
