@@ -12,7 +12,7 @@ from mabp.criterion import MABPCriterion
 from mabp.official import official_to_ours
 from mabp.tokenizer import TextTokenizer
 
-MANIFEST = Path(__file__).resolve().parents[2] / "shared" / "reference" / "mabp_official_state_dict.json"
+MANIFEST = Path(__file__).resolve().parent / "data" / "mabp_official_state_dict.json"  # facts: keys, shapes
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,7 @@
     python -m train.evaluate --checkpoint C --dataset grefcoco --split val --root datasets
     python -m train.evaluate --checkpoint C --dataset grefcoco --split val --root <a SynthGRES export>
 
-Protocol (reference §4, MABP's ReferEvaluator):
+Protocol (MABP's ReferEvaluator):
 - every (ref, sentence) pair is one sample;
 - the image is squashed (bilinear) to the model size S×S and the GT mask is resized to S×S with
   NEAREST (MABP scores against the nearest-resized PNG; ReLA's polygon rasterisation is not used);

@@ -3,7 +3,7 @@
     python -m train.data.check --dataset grefcoco --root datasets
     python -m train.data.check --dataset refcocog --root datasets --split-by umd --decode
 
-Prints, per split, refs / expressions / images beside the published sizes (reference §5), no-target and
+Prints, per split, refs / expressions / images beside the published sizes (gRefCOCO paper / refer API), no-target and
 multi-target counts, refs without sentences, crowd-only refs, dropped polygons, and every missing or
 unreadable image (the first 20 listed, plus the total). Every image file is checked for existence;
 `--decode` also decodes each one (slow on real COCO, with a progress bar).
@@ -22,7 +22,7 @@ import cv2
 
 from train.data.refer_common import DatasetError, ReferSource
 
-# Published sizes (reference §5). None = not published / unknown.
+# Published sizes (gRefCOCO paper, refer API README). None = not published / unknown.
 KNOWN_SIZES: Dict[Tuple[str, str], Dict[str, Dict[str, Optional[int]]]] = {
     ("grefcoco", "unc"): {
         "train": {"refs": 78930, "expressions": None, "images": 16994},

@@ -11,7 +11,7 @@ Sample schema (identical to SynthGRES):
      "image_id": int, "ref_id": int, "sent_id": int, "split": str}
     (a SynthGRES export fills "type" and "nt_kind" from its refs' "synthgres_tags").
 
-Data decisions (reference §5, §7.3 item 9), all counted in the split report, never silent:
+Data decisions (gRefCOCO / refer API formats; ReLA and gRefCOCO issue threads), all counted in the split report, never silent:
 - refs without sentences are skipped (gRefCOCO issue #3);
 - crowd instances (iscrowd=1) are left out of the mask; a target ref whose instances are all crowd
   keeps an empty mask and `no_target=False` (it still has a target), listed as "crowd-only";
