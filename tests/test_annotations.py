@@ -303,3 +303,27 @@ def test_evaluate_exits_2_with_one_line_on_malformed_annotations(tmp_path, capsy
                  "--no-progress", "--out", str(tmp_path / "o")])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "annotation 1" in err[0] and "add up to 150" in err[0]
+
+
+def test_paper_row_only_beside_the_real_grefcoco_split(tmp_path, capsys, monkeypatch):
+    """Any gRefCOCO-format folder loads, but the published row is printed only when the split has the
+    published gRefCOCO size (val: 1,500 images); a generated folder gets a note instead."""
+    import torch
+
+    from mabp.registry import build_mabp, save_checkpoint
+    from train.data import check as check_mod
+    from train.evaluate import main
+
+    torch.manual_seed(0)
+    ckpt = save_checkpoint(build_mabp("tiny"), tmp_path / "tiny.pt")
+    root = make_root(tmp_path / "d", [ann([GOOD_POLY])])
+    args = ["--checkpoint", str(ckpt), "--dataset", "grefcoco", "--split", "val", "--root", root, "--no-progress",
+            "--out", str(tmp_path / "o")]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "| paper |" not in out and "where the published grefcoco val has 1,500" in out
+    sizes = {k: dict(v) for k, v in check_mod.KNOWN_SIZES.items()}
+    sizes[("grefcoco", "unc")]["val"] = {"refs": None, "expressions": None, "images": 1}  # "the real one"
+    monkeypatch.setattr(check_mod, "KNOWN_SIZES", sizes)
+    assert main(args) == 0
+    assert "| paper |" in capsys.readouterr().out

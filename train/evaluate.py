@@ -284,6 +284,27 @@ def is_synthgres_export(dataset: Any) -> bool:
     return any(str(im.get("file_name", "")).startswith("synthgres_") for im in list(images.values())[:16])
 
 
+def published_split_mismatch(dataset: Any, name: str, split: str, split_by: Optional[str] = None) -> Optional[str]:
+    """None when `dataset` (a real-format loader) has the published size of `name`/`split` (refs,
+    expressions, images as far as published: train.data.check.KNOWN_SIZES), else why not -- the paper's
+    row is only meaningful beside the real split, not beside any folder in the same format."""
+    from train.data.check import KNOWN_SIZES
+    from train.data.refcoco import DEFAULT_SPLIT_BY
+
+    report = getattr(dataset, "report", None)
+    if report is None:
+        return "the dataset has no split report"
+    key = (name, split_by or ("unc" if name == "grefcoco" else DEFAULT_SPLIT_BY.get(name, "unc")))
+    known = KNOWN_SIZES.get(key, {}).get(split)
+    if not known or all(v is None for v in known.values()):
+        return f"no published size is known for {name} {split}"
+    for field in ("refs", "expressions", "images"):
+        want = known.get(field)
+        if want is not None and report.get(field) != want:
+            return f"it has {report.get(field):,} {field} where the published {name} {split} has {want:,}"
+    return None
+
+
 def format_report(result: Mapping[str, Any], dataset: str, split: str, acc: str = "mabp-code",
                   split_by: Optional[str] = None, paper: bool = True) -> str:
     """The full printed report: paper-layout table (+ published rows), both accuracy families,
@@ -459,15 +480,21 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"error: {_one_line(e)}", file=sys.stderr)
         return 2
     export = args.dataset != "synthgres" and is_synthgres_export(dataset)
+    mismatch = None if args.dataset == "synthgres" else published_split_mismatch(dataset, args.dataset, args.split,
+                                                                                  args.split_by)
     if export:
         print("note: this folder is a SynthGRES export, so no published gRefCOCO row is shown")
-    print(format_report(result, args.dataset, args.split, acc=args.acc, split_by=args.split_by, paper=not export))
+    elif mismatch:
+        print(f"note: no published row is shown: {mismatch}")
+    print(format_report(result, args.dataset, args.split, acc=args.acc, split_by=args.split_by,
+                        paper=not export and not mismatch))
     out_dir = Path(args.out) if args.out else Path("runs") / "eval" / f"{ckpt_path.stem}-{args.dataset}-{args.split}"
     meta = {
         "checkpoint": str(ckpt_path.resolve()),
         "checkpoint_sha256": sha256_file(ckpt_path)[:16],
         "checkpoint_info": {k: ckpt[k] for k in ("step", "epoch", "iteration") if k in ckpt},
         "dataset": args.dataset, "split": args.split, "root": args.root, "synthgres_export": export,
+        "published_split": mismatch is None if args.dataset != "synthgres" else None,
         "model_config": model.cfg.to_dict(),
         "args": vars(args),
         "acc_table": args.acc,
