@@ -52,7 +52,6 @@ from tqdm import tqdm
 
 from mabp.criterion import build_criterion
 from mabp.metrics import GRESMeter
-from mabp.postprocess import postprocess
 from mabp.registry import build_mabp, load_checkpoint, load_state, save_checkpoint
 from mabp.tokenizer import TextTokenizer
 from train import distributed as D
@@ -73,45 +72,24 @@ class NonFiniteLossError(RuntimeError):
 
 
 # --------------------------------------------------------------------------------------------- eval
-@torch.no_grad()
 def evaluate(model: nn.Module, loader: DataLoader, device: torch.device, nt_rule: str = "any",
              threshold: float = 0.5, min_pixels: int = 0, amp: bool = False,
              criterion: Optional[nn.Module] = None, progress: bool = False) -> Tuple[Dict[str, Any], GRESMeter]:
-    """One pass over `loader`; returns (metrics, meter), both reduced over ranks when distributed.
+    """One pass over `loader`; returns (metrics, meter), both merged over ranks when distributed.
 
-    Masks are decided at the model size S x S (logits bilinearly upsampled from S/4, sigmoid > threshold)
-    and scored against the batch's S x S GT, as the official evaluator does. The meter receives the raw
-    masks (not emptied by the no-target decision), which the §4 protocol needs. metrics = meter.compute()
-    + "val_loss" (when a criterion is given) + "breakdown" (per target tag).
+    The loop is train.evaluate's (`evaluation_loop`), so training-time validation and the CLI score
+    identically: masks decided at S x S against the batch's S x S GT, the raw (un-zeroed) masks scored.
+    metrics = meter.compute() + "val_loss" (when a criterion is given) + "breakdown" (per target tag).
     """
-    model = unwrap(model)
-    was_training = model.training
-    model.eval()
-    meter = GRESMeter()
-    loss_sum, loss_n = 0.0, 0
-    try:
-        for batch in tqdm(loader, desc="eval", leave=False, disable=not progress, dynamic_ncols=True):
-            batch = to_device(batch, device)
-            with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=amp):
-                out = model(batch["images"], batch["input_ids"], batch["attention_mask"])
-            out = _to_float(out)
-            size = tuple(batch["gt_masks"].shape[-2:])
-            pp = postprocess(out["pred_masks"], out["nt_logits"], out_size=size, threshold=threshold,
-                             nt_rule=nt_rule, min_pixels=min_pixels, model_size=size)
-            meter.update_batch(pp.raw_masks.cpu().numpy(), batch["gt_masks"].bool().cpu().numpy(),
-                               pp.no_target.cpu().numpy(), batch["no_target"].cpu().numpy(),
-                               tags=batch["tags"], sample_ids=batch["sample_ids"])
-            if criterion is not None:
-                n = int(batch["images"].shape[0])
-                loss_sum += float(criterion(out, batch["gt_masks"], batch["no_target"])["loss"]) * n
-                loss_n += n
-    finally:
-        model.train(was_training)
-    meter = D.gather_meter(meter)
+    from train.evaluate import evaluation_loop
+
+    shard = getattr(loader.dataset, "indices", None)  # the Subset of this rank's eval shard
+    acc = evaluation_loop(unwrap(model), loader, device, nt_rule, threshold, min_pixels, amp, criterion=criterion,
+                          progress=progress, sample_indices=shard)
+    meter = acc["meter"]
     metrics: Dict[str, Any] = meter.compute() if len(meter) else {"n": 0}
     if criterion is not None:
-        sums = D.all_reduce_sums({"s": loss_sum, "n": float(loss_n)}, device)
-        metrics["val_loss"] = sums["s"] / sums["n"] if sums["n"] else None
+        metrics["val_loss"] = acc["loss_sum"] / acc["loss_n"] if acc["loss_n"] else None
     if len(meter):
         metrics["breakdown"] = meter.breakdown("target")
     return metrics, meter
