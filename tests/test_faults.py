@@ -265,3 +265,13 @@ def test_weights_module_does_not_pull_in_the_model():
                {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
         assert not {m for m in mods if m.endswith(("convert", "registry")) or
                     (path.name == "weights.py" and "modeling" in m)}, (path.name, mods)
+
+
+def test_fit_with_malformed_annotations_is_one_line_exit_2(tmp_path, capsys):
+    from tests.test_annotations import ann, make_root
+
+    root = make_root(tmp_path / "d", [ann({"size": [48, 64], "counts": [100, 50]})])
+    code = fit_main(cli_args(tmp_path / "run", "data.dataset=grefcoco", f"data.root={root}", "data.train_split=val",
+                             "schedule.max_steps=1", "data.epoch_length=null"))
+    assert code == 2
+    _one_error_line(capsys.readouterr().err, "add up to 150 pixels")

@@ -157,6 +157,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except KeyboardInterrupt:
         print("interrupted: finished runs are kept; re-run the same command to continue", file=sys.stderr)
         return 130
+    except Exception as exc:  # the data's, a checkpoint's or the folder's fault: one line, as train.fit
+        from mabp.registry import CheckpointError, CheckpointWriteError
+        from train.config import ConfigError
+        from train.data.refer_common import DatasetError
+        from train.run_lock import RunLockedError
+
+        if not isinstance(exc, (CheckpointError, CheckpointWriteError, ConfigError, DatasetError, RunLockedError)):
+            raise
+        print(f"error: {' '.join(str(exc).split())}", file=sys.stderr)
+        return 1 if isinstance(exc, CheckpointWriteError) else 2
     table = format_tables(results, args)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
