@@ -135,8 +135,9 @@ def load_resume_checkpoint(path: os.PathLike, loader) -> Tuple[dict, Path]:
         else:
             warnings.warn(f"{first}; resuming from the previous checkpoint {prev} (step {ckpt.get('step')}) instead")
             return ckpt, prev
-    raise CheckpointError(f"{first}. To continue, move {path} away (the run then restarts from scratch, or from "
-                          f"{prev.name} if it is good) or set train.resume=false to start a fresh run") from None
+    tried = f" (and {prev.name} is unusable too)" if prev.is_file() else ""
+    raise CheckpointError(f"{first}{tried}. To start this run again from step 0, move {path.name} and "
+                          f"{prev.name} out of {path.parent}, or set train.resume=false") from None
 
 
 def atomic_write_text(path: os.PathLike, text: str) -> None:
