@@ -57,12 +57,19 @@ logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name
 logging.getLogger("httpx").setLevel(logging.WARNING)  # Gradio's own start-up checks log every request at INFO
 log = logging.getLogger("mabp.app")
 
+from mabp.registry import CheckpointError  # noqa: E402
 from app.service import ModelThread, load_model  # noqa: E402  (torch is imported after the environment above)
 from app.ui import create_app, launch_options  # noqa: E402
 
 # Every torch call (loading included) runs on this one thread: see app/service.py (ModelThread).
 MODEL_THREAD = ModelThread(ARGS.threads or max(1, min(2, os.cpu_count() or 1)))
-LOADED = MODEL_THREAD.run(load_model, ARGS.checkpoint, preset=ARGS.preset)
+try:
+    LOADED = MODEL_THREAD.run(load_model, ARGS.checkpoint, preset=ARGS.preset)
+except (CheckpointError, FileNotFoundError) as _exc:  # a bad --checkpoint: one line naming the file, exit 2
+    if __name__ != "__main__":
+        raise
+    print(f"error: {_exc}", file=sys.stderr)
+    sys.exit(2)
 if LOADED.notice:
     log.warning("%s — serving %s", LOADED.notice, LOADED.source)
 demo = create_app(LOADED.predictor, notice=LOADED.notice, source=LOADED.source,

@@ -122,7 +122,7 @@ class DecoderConfig:
 
 @dataclass
 class LossConfig:
-    """Weights of the criterion (reference §2). Names follow the official config keys."""
+    """Weights of the criterion (official gres_model/modeling/criterion.py; paper Eq. 2-4). Names follow the official config keys."""
 
     ce_final: float = 5.0
     dice_final: float = 5.0
@@ -150,7 +150,7 @@ class InferenceConfig:
 class MABPConfig:
     preset: str = "paper"
     # "mabp" (the paper's model and its ablations) or "rela" (the ReLA baseline decoder on the same
-    # encoders and pixel decoder, reference §6.2).
+    # encoders and pixel decoder, as in henghuiding/ReLA).
     arch: str = "mabp"
     image_size: int = 480
     # Per-channel normalisation in 0-255 space (ImageNet mean/std for Swin; 127/128 for EfficientNet-Lite).

@@ -1,4 +1,4 @@
-"""The MABP criterion (reference §2; official gres_model/modeling/criterion.py).
+"""The MABP criterion (paper Eq. 2-4; official gres_model/modeling/criterion.py).
 
 total = 5 * BCE_final + 5 * Dice_final + 0.5 * mean_s BCE_s + 0.5 * mean_s Dice_s + 2.5 * mean_heads CE_nt
 

@@ -1,4 +1,4 @@
-"""GRES metrics: the evaluation protocol of ReLA/MABP (reference §4), made unambiguous.
+"""GRES metrics: the evaluation protocol of ReLA/MABP (MABP's and ReLA's ReferEvaluator), made unambiguous.
 
 Unit of evaluation: one (ref, sentence) pair = one sample. Per sample, with I = |pred ∧ gt| and
 U = |pred ∨ gt| computed on the **un-zeroed** predicted mask (a predicted "no target" does not clear the
@@ -367,7 +367,7 @@ def apply_min_pixels(mask: ArrayLike, min_pixels: int = 50) -> Tuple[np.ndarray,
 
 
 # ---------------------------------------------------------------------- reference numbers
-# Published numbers (reference §4). The paper's and README's N-acc / T-acc were produced by MABP's
+# Published numbers (paper Tables I-VI; buptLwz/MABP README). The paper's and README's N-acc / T-acc were produced by MABP's
 # evaluator, i.e. with the pre-fix formulas, so they are stored under the "(MABP-code)" keys only.
 PAPER_RESULTS: Dict[str, Dict[str, Dict[str, Any]]] = {
     # MABP paper, gRefCOCO (NT decision from head 0 only).

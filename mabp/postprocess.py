@@ -1,4 +1,4 @@
-"""Inference post-processing (reference §1.11): threshold, no-target rule, optional min-pixel rule,
+"""Inference post-processing (official MABP ReferEvaluator / inference): threshold, no-target rule, optional min-pixel rule,
 resize back to the original image size."""
 from __future__ import annotations
 

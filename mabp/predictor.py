@@ -107,13 +107,20 @@ class MABPPredictor:
         self._outputs.clear()
 
     # ----------------------------------------------------------------------------------------- text
+    EMPTY_TEXT = "The expression is empty: type what to segment, e.g. 'the red circle'."
+
     @staticmethod
-    def check_text(text) -> str:
+    def check_text(text, tokenizer: Optional[TextTokenizer] = None) -> str:
+        """Validate an expression -> its whitespace-normalised form. Raises InputError (one line).
+
+        Text that is whitespace only, or (given the tokenizer) that yields no word pieces at all -- only
+        zero-width or control characters, lone accents -- is empty: the model would see [CLS][SEP] only.
+        """
         if text is None or not isinstance(text, str):
             raise InputError("No expression was given: type what to segment, e.g. 'the red circle'.")
         text = " ".join(text.split())
-        if not text:
-            raise InputError("The expression is empty: type what to segment, e.g. 'the red circle'.")
+        if not text or (tokenizer is not None and not tokenizer.word_pieces(text)):
+            raise InputError(MABPPredictor.EMPTY_TEXT)
         return text
 
     @torch.inference_mode()
@@ -160,7 +167,7 @@ class MABPPredictor:
         region grids, per-layer cross-attention over image and words, query-generator word weights and
         the final per-region prototypes, collected by forward hooks that are removed after the call.
         """
-        text = self.check_text(text)
+        text = self.check_text(text, self.tokenizer)
         inf = self.cfg.inference
         threshold = inf.threshold if threshold is None else float(threshold)
         nt_rule = inf.nt_rule if nt_rule is None else nt_rule
@@ -203,4 +210,4 @@ class MABPPredictor:
 
     def outputs_for(self, text: str) -> dict:
         """Raw model outputs (lists of tensors) for an expression on the current image."""
-        return self.run_model(self.check_text(text))["outputs"]
+        return self.run_model(self.check_text(text, self.tokenizer))["outputs"]

@@ -6,9 +6,19 @@
 
 Checkpoints are plain dicts {"format": "mabp", "config": {...}, "model": state_dict, ...} loaded with
 `torch.load(..., weights_only=True)`: a checkpoint is data from strangers.
+
+Integrity: `torch.load` does not check the zip CRCs, so one flipped byte in a tensor loads silently.
+`save_checkpoint` stores a sha256 of the whole content (every tensor's bytes, dtype and shape, every
+other value) under "checksum" and `load_checkpoint` verifies it. Writes go to `<name>.tmp`, are fsynced,
+then renamed over the old file (and the folder fsynced): a crash or a full disk never leaves a half
+file under the real name, and a failed write removes its partial tmp file. Every problem with a
+checkpoint file is a `CheckpointError` (load) or `CheckpointWriteError` (save) with a one-line message
+that names the file: the CLIs print it and exit 2 instead of a traceback.
 """
 from __future__ import annotations
 
+import errno
+import hashlib
 import os
 from pathlib import Path
 from typing import Any, Callable, Dict, Optional, Union
@@ -105,19 +115,140 @@ def resolve_config(cfg: MABPConfig) -> MABPConfig:
     return cfg
 
 
+class CheckpointError(ValueError):
+    """A checkpoint file that cannot be used: unreadable (truncated, corrupted, code inside), failing its
+    checksum, or not one of ours. The message is one line and names the file."""
+
+
+class CheckpointWriteError(OSError):
+    """A checkpoint could not be written (disk full, read-only folder...). The partial file was removed and
+    the previous checkpoint under the same name is untouched. One-line message naming the file."""
+
+
+def one_line(text: Any, limit: int = 300) -> str:
+    """`text` on one line, cut to `limit` characters (torch.load's errors span many lines)."""
+    msg = " ".join(str(text).split())
+    return msg if len(msg) <= limit else msg[:limit] + " ..."
+
+
+def _digest_into(h: "hashlib._Hash", obj: Any) -> None:
+    """Feed a canonical encoding of `obj` (what weights_only checkpoints hold) into `h`."""
+    if isinstance(obj, torch.Tensor):
+        t = obj.detach().cpu().contiguous()
+        h.update(f"T{t.dtype}{tuple(t.shape)}:".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    elif isinstance(obj, dict):
+        h.update(f"D{len(obj)}:".encode())
+        for k in sorted(obj, key=lambda k: (type(k).__name__, repr(k))):
+            _digest_into(h, k)
+            _digest_into(h, obj[k])
+    elif isinstance(obj, (list, tuple)):  # weights_only may give back a tuple as either
+        h.update(f"L{len(obj)}:".encode())
+        for v in obj:
+            _digest_into(h, v)
+    else:
+        h.update(f"{type(obj).__name__}:{obj!r};".encode())
+
+
+def content_digest(ckpt: dict) -> str:
+    """sha256 over every entry of a checkpoint dict except "checksum" (tensor bytes included)."""
+    h = hashlib.sha256()
+    _digest_into(h, {k: v for k, v in ckpt.items() if k != "checksum"})
+    return h.hexdigest()
+
+
 def load_checkpoint(path: Union[str, os.PathLike]) -> dict:
-    """Read one of our checkpoints safely (weights_only) and check its format."""
+    """Read one of our checkpoints safely (weights_only), verify its checksum and format.
+
+    Raises FileNotFoundError (no such file) or CheckpointError (one line naming the file) for a
+    truncated or corrupted file, a checksum mismatch, or a file that is not an MABP checkpoint.
+    Checkpoints written before checksums existed (no "checksum" entry) are read without the check.
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # corrupted file, pickle with code, ...
-        raise ValueError(f"could not read checkpoint {path}: {exc}") from exc
+    except Exception as exc:  # truncated / corrupted zip, pickle with code, ...
+        raise CheckpointError(f"checkpoint {path} cannot be read (truncated or corrupted?): "
+                              f"{one_line(exc, 200)}") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT or "config" not in ckpt:
-        raise ValueError(f"{path} is not an MABP checkpoint of this project (no 'format': 'mabp' and 'config'); "
-                         "convert the authors' release with `python -m train.convert --from official-mabp`")
+        raise CheckpointError(f"{path} is not an MABP checkpoint of this project (no 'format': 'mabp' and "
+                              "'config'); convert the authors' release with `python -m train.convert --from "
+                              "official-mabp`")
+    stored = ckpt.get("checksum")
+    if stored is not None:
+        digest = stored.get("sha256") if isinstance(stored, dict) else None
+        if not isinstance(digest, str) or content_digest(ckpt) != digest:
+            raise CheckpointError(f"checkpoint {path} is corrupted: its content does not match the checksum "
+                                  "stored when it was written (a damaged disk or copy); use another copy")
     return ckpt
+
+
+class _RecordingFile:
+    """A binary file for torch.save that remembers the OSError of a failed write (torch.save reports only
+    "unexpected pos ..." from its zip writer; the cause -- e.g. ENOSPC -- is what the user needs)."""
+
+    def __init__(self, f) -> None:
+        self._f = f
+        self.error: Optional[OSError] = None
+
+    def write(self, data) -> int:
+        try:
+            return self._f.write(data)
+        except OSError as exc:
+            if self.error is None:
+                self.error = exc
+            raise
+
+    def flush(self) -> None:
+        self._f.flush()
+
+
+def write_checkpoint_file(obj: dict, path: Union[str, os.PathLike]) -> Path:
+    """torch.save `obj` to `path` atomically and durably: `<path>.tmp`, flush + fsync, rename, fsync the
+    folder. On any failure the tmp file is removed, `path` keeps its previous content, and
+    CheckpointWriteError says what happened in one line ("no space left on device" for ENOSPC)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    rec: Optional[_RecordingFile] = None
+    try:
+        with open(tmp, "wb") as raw:
+            rec = _RecordingFile(raw)
+            torch.save(obj, rec)
+            raw.flush()
+            os.fsync(raw.fileno())
+        os.replace(tmp, path)
+    except BaseException as exc:
+        try:
+            tmp.unlink()
+        except OSError:
+            pass
+        if isinstance(exc, (KeyboardInterrupt, SystemExit)):
+            raise
+        cause = (rec.error if rec is not None and rec.error is not None else
+                 exc if isinstance(exc, OSError) else exc.__context__ if isinstance(exc.__context__, OSError) else None)
+        if cause is not None and cause.errno == errno.ENOSPC:
+            reason = "no space left on device"
+        elif cause is not None:
+            reason = one_line(cause.strerror or cause, 200)
+        else:
+            reason = one_line(exc, 200)
+        prev = f"the previous {path.name} is unchanged" if path.exists() else f"no {path.name} was written"
+        err = CheckpointWriteError(f"could not write checkpoint {path}: {reason}; {prev} and the partial "
+                                   f"{tmp.name} was removed")
+        err.errno = cause.errno if cause is not None else None
+        raise err from None
+    try:  # make the rename itself durable
+        fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError:  # some file systems / platforms cannot fsync a directory
+        pass
+    return path
 
 
 def build_mabp(preset_or_config: Union[str, MABPConfig, dict, None] = None,
@@ -128,12 +259,24 @@ def build_mabp(preset_or_config: Union[str, MABPConfig, dict, None] = None,
     With a checkpoint and no preset/config, the checkpoint's stored config is used. Weights missing
     from the checkpoint are allowed only if the checkpoint lists them under "external" (weights that
     come from an installed package, e.g. frozen MiniLM embeddings, and were not duplicated).
+    A checkpoint file that cannot be read or does not make a model raises CheckpointError (one line
+    naming the file).
     """
-    from .modeling.mabp import MABP
-
     ckpt = None
     if checkpoint is not None:
         ckpt = checkpoint if isinstance(checkpoint, dict) else load_checkpoint(checkpoint)
+    try:
+        return _build(preset_or_config, ckpt, strict, overrides)
+    except (ValueError, KeyError, TypeError) as exc:
+        if ckpt is None or isinstance(checkpoint, dict) or isinstance(exc, CheckpointError):
+            raise
+        # A readable file whose config or weights do not make a model: still the file's fault, one line.
+        raise CheckpointError(f"checkpoint {checkpoint} cannot be used: {one_line(exc, 300)}") from None
+
+
+def _build(preset_or_config, ckpt: Optional[dict], strict: bool, overrides: Dict[str, Any]):
+    from .modeling.mabp import MABP
+
     if preset_or_config is None:
         if ckpt is None:
             raise ValueError("build_mabp needs a preset name, a config or a checkpoint")
@@ -216,7 +359,7 @@ def external_weight_names(model) -> list:
 
 def save_checkpoint(model, path: Union[str, os.PathLike], extra: Optional[dict] = None,
                     half: bool = False, skip_external: bool = False) -> Path:
-    """Write {"format", "config", "model", **extra} atomically (tmp file + rename).
+    """Write {"format", "config", "model", **extra, "checksum"} atomically (see write_checkpoint_file).
 
     half=True stores floating tensors as fp16 (for the shipped checkpoint's size limit; they are
     restored to fp32 on load). skip_external=True leaves out weights that are bit-identical to the
@@ -237,7 +380,5 @@ def save_checkpoint(model, path: Union[str, os.PathLike], extra: Optional[dict] 
     ckpt.update(model=state, external=external)
     if extra:
         ckpt.update(extra)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save(ckpt, tmp)
-    os.replace(tmp, path)
-    return path
+    ckpt["checksum"] = {"sha256": content_digest(ckpt)}
+    return write_checkpoint_file(ckpt, path)

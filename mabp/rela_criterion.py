@@ -1,4 +1,4 @@
-"""The ReLA criterion (henghuiding/ReLA gres_model/modeling/criterion.py; reference §6.2).
+"""The ReLA criterion (henghuiding/ReLA gres_model/modeling/criterion.py).
 
 loss = 5 * [ CE(target mask upsampled to the GT, gt)
              + 0.1 * CE(minimap, GT bilinearly resized to sqrt(Q) x sqrt(Q) then truncated to long)

@@ -100,6 +100,15 @@ class TextTokenizer:
     def vocab_size(self) -> int:
         return len(self.tokenizer)
 
+    def word_pieces(self, text: str) -> List[str]:
+        """The word pieces of one sentence, without [CLS]/[SEP] ([UNK] counts as a piece).
+
+        Empty for text made only of characters BERT's normaliser drops: zero-width spaces and joiners,
+        BOMs, soft hyphens, control characters, lone combining accents.
+        """
+        ids = self.tokenizer(str(text), add_special_tokens=False)["input_ids"]
+        return self.tokenizer.convert_ids_to_tokens(ids)
+
     def __call__(self, texts: List[str]) -> TokenizedText:
         if isinstance(texts, str):
             raise TypeError("TextTokenizer expects a list of strings, got a single string")

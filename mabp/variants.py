@@ -51,7 +51,7 @@ VARIANTS: Dict[str, Dict[str, object]] = {
     "table6_nt_none": {"decoder__nt_supervision": "none"},
     "table6_nt_last": {"decoder__nt_supervision": "last"},
     "table6_full": {},
-    # The baseline (reference §6.2)
+    # The baseline (henghuiding/ReLA)
     "rela": {"arch": "rela"},
 }
 

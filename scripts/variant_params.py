@@ -1,4 +1,4 @@
-"""Parameter counts of the paper-size ablation variants and the ReLA baseline (reference §1.13).
+"""Parameter counts of the paper-size ablation variants and the ReLA baseline (derived analytically from the module shapes; the paper gives none).
 
     .venv/bin/python scripts/variant_params.py [preset]
 

@@ -174,7 +174,7 @@ def test_bad_images_give_clear_messages(cb, files, kind, needle):
 
 
 @pytest.mark.parametrize("text,needle", [(None, "No expression"), ("", "empty"), ("   \n\t ", "empty"),
-                                         ("x" * 20_000, "too long")])
+                                         ("\u200b\u200d", "empty"), ("x" * 20_000, "too long")])
 def test_bad_texts_give_clear_messages(cb, files, text, needle):
     out = cb.segment(str(files["rgb"]), text, 0.5, "any", "segmentation", None)
     assert _is_error(out) and needle in out[1]
@@ -344,7 +344,7 @@ def test_gradio_client_round_trip(demo, files):
         assert set(info) >= {"no_target", "nt_prob", "area_fraction", "latency_ms", "truncated"}
         assert 0.0 <= info["nt_prob"] <= 1.0 and info["truncated"] is False
         for path, text, needle in [(files["not_image"], "x", "not an image"), (files["huge"], "x", "too large"),
-                                   (SCENE, "", "empty")]:
+                                   (SCENE, "", "empty"), (SCENE, "\u200b", "empty")]:
             with pytest.raises(Exception, match=needle):
                 client.predict(handle_file(str(path)), text, 0.5, api_name="/segment")
         # the server survived every bad request
@@ -409,6 +409,8 @@ def test_model_thread_runs_every_model_call_on_one_thread():
             assert np.array_equal(r.raw_mask, inline.predict(*inline.load(image), t).raw_mask)
         with pytest.raises(InputError, match="empty"):
             service.predict(*key, "   ")
+        with pytest.raises(InputError, match="empty"):
+            service.predict(*key, "\u200b\u00ad")  # no word piece
         with pytest.raises(InputError):
             runner.run(pred.predict, "")  # raised on the model thread, re-raised here
     finally:

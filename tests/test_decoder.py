@@ -15,7 +15,7 @@ from mabp.modeling.regional_head import (RegionalSupervisionHead, pad_to_windows
                                          window_means, windowed_logits)
 from mabp.official import official_to_ours
 
-MANIFEST = Path(__file__).resolve().parents[2] / "shared" / "reference" / "mabp_official_state_dict.json"
+MANIFEST = Path(__file__).resolve().parent / "data" / "mabp_official_state_dict.json"  # facts: keys, shapes
 
 
 @pytest.mark.parametrize("size,queries,pads,padded,ws", [

@@ -260,3 +260,22 @@ def test_export_rle_round_trip_evaluates_identically(synth, base_result, ckpt, t
     per_sample = [json.loads(line) for line in (out / "per_sample.jsonl").read_text().splitlines()]
     assert [(r["ref_id"], r["sentence"], r["iou"], r["outcome"]) for r in per_sample] == \
            [(r["ref_id"], r["sentence"], r["iou"], r["outcome"]) for r in ours["per_sample"]]
+
+
+def test_engine_and_cli_share_one_evaluation_loop(tiny, synth, base_result):
+    """The training engine's validation and train.evaluate run the same loop: same metrics, sample for sample."""
+    from torch.utils.data import DataLoader, Subset
+
+    from mabp.tokenizer import TextTokenizer
+    from train.collate import Collator
+    from train.engine import evaluate
+
+    loader = DataLoader(Subset(synth, list(range(len(synth)))), batch_size=3,  # as the engine builds it
+                        collate_fn=Collator(TextTokenizer(tiny.cfg.text), SIZE), generator=torch.Generator())
+    rng = torch.get_rng_state()
+    metrics, meter = evaluate(tiny, loader, torch.device("cpu"), nt_rule=tiny.cfg.inference.nt_rule)
+    assert torch.equal(rng, torch.get_rng_state())  # an evaluation never moves the global RNG
+    ref = base_result["metrics"]
+    assert {k: metrics[k] for k in ("gIoU", "cIoU", "N-acc", "T-acc", "n")} == \
+           {k: ref[k] for k in ("gIoU", "cIoU", "N-acc", "T-acc", "n")}
+    assert [m["iou"] for m in meter.per_sample()] == [r["iou"] for r in base_result["per_sample"]]

@@ -63,11 +63,29 @@ def test_too_large_image_is_refused_with_advice():
         to_rgb_uint8(np.zeros((8000, 6000, 3), dtype=np.uint8), max_pixels=40_000_000)
 
 
-@pytest.mark.parametrize("text", ["", "   \n\t ", None])
+# Zero-width space / joiner, BOM, soft hyphen, control characters, lone combining accents: non-empty
+# strings that BERT's normaliser reduces to no word piece at all -- the same "empty" as whitespace.
+NO_PIECES = ["\u200b", "\u200d\u2060 \ufeff", "\u00ad", "\x00\x07", "\u0301\u0301"]
+
+
+@pytest.mark.parametrize("text", ["", "   \n\t ", None, *NO_PIECES])
 def test_empty_text_is_refused(predictor, text):
     predictor.set_image(np.zeros((32, 32, 3), dtype=np.uint8))
     with pytest.raises(InputError, match="expression|No expression"):
         predictor.predict(text)
+    with pytest.raises(InputError, match="expression|No expression"):
+        predictor.outputs_for(text)
+
+
+@pytest.mark.parametrize("text", NO_PIECES)
+def test_text_without_word_pieces_gets_the_empty_message(predictor, text):
+    assert text.strip() and predictor.tokenizer.word_pieces(text) == []
+    predictor.set_image(np.zeros((32, 32, 3), dtype=np.uint8))
+    with pytest.raises(InputError) as exc:
+        predictor.predict(text)
+    assert str(exc.value) == MABPPredictor.EMPTY_TEXT
+    assert predictor.tokenizer.word_pieces("\u200bred") == ["red"]  # one real piece is enough
+    assert predictor.predict("\u200bred\u200b").text == "\u200bred\u200b"
 
 
 def test_long_text_is_truncated_and_says_so(predictor):
@@ -137,11 +155,13 @@ def test_predict_cli_writes_overlays_and_reports_bad_input(tmp_path, capsys):
 
     out = tmp_path / "out"
     code = cli.main(["--preset", "tiny", "--image", "assets/examples/scene.png", "--text", "the red circle", "  ",
-                     "--out", str(out)])
+                     "\u200b\u200d", "--out", str(out)])
     lines = [json.loads(l) for l in capsys.readouterr().out.strip().splitlines()]
     assert code == 2  # one expression was empty
     assert lines[0]["text"] == "the red circle" and (out / "scene-0.png").is_file() and (out / "scene-0-mask.png").is_file()
     assert "empty" in lines[1]["error"]
+    assert "empty" in lines[2]["error"] and len(lines) == 3  # no word piece = empty, nothing written
+    assert not (out / "scene-2.png").exists()
     bad = tmp_path / "bad.png"
     bad.write_bytes(b"not an image")
     with pytest.raises(SystemExit, match="not an image"):

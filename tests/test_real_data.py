@@ -291,13 +291,19 @@ def test_error_missing_files(tmp_path, groot):
         GRefCOCO(groot, "val")
 
 
-def test_error_missing_image_names_path_and_ref(groot):
+def test_missing_image_is_listed_not_fatal_and_late_loss_names_path_and_ref(groot):
     path = os.path.join(groot, "images", "train2014", FILE2)
     os.remove(path)
-    ds = GRefCOCO(groot, "val")  # images are decoded lazily: construction still works
+    with pytest.warns(UserWarning, match="1 image"):
+        ds = GRefCOCO(groot, "val")  # one missing image never aborts the split: its ref is left out
+    assert len(ds) == 6 and ds.report["refs_on_bad_images"] == [5]
+    assert ds.report["bad_images"] == [f"{path}: missing (image_id 2)"]
+    # A file that disappears after the split was opened: the error names the path and the ref.
+    path1 = os.path.join(groot, "images", "train2014", FILE1)
+    os.remove(path1)
     with pytest.raises(DatasetError) as e:
-        ds[6]
-    assert path in str(e.value) and "ref_id 5" in str(e.value)
+        ds[0]
+    assert path1 in str(e.value) and "ref_id 1" in str(e.value)
 
 
 def test_error_empty_split_lists_available(groot):
@@ -313,7 +319,7 @@ def test_error_unknown_segmentation(tmp_path):
     inst["annotations"][2]["segmentation"] = "not a segmentation"  # ann 103, used by val ref 1
     with open(inst_path, "w") as f:
         json.dump(inst, f)
-    with pytest.raises(DatasetError, match=r"annotation 103 .*instances\.json has a segmentation of unknown form"):
+    with pytest.raises(DatasetError, match=r"instances\.json: annotation 103 \(image 1\): segmentation of unknown form"):
         GRefCOCO(root, "val")
 
 
@@ -359,9 +365,17 @@ def test_check_cli_missing_and_unreadable(groot, capsys):
     code = check_main(["--dataset", "grefcoco", "--root", groot, "--no-progress"])
     out = capsys.readouterr().out
     assert code == 1 and f"missing: {missing}" in out and "RESULT: PROBLEMS FOUND" in out
-    # Restore the file as garbage bytes: exists, but only --decode notices.
+    # Restore the file as garbage bytes: the header check (the loader's own) notices.
     with open(missing, "wb") as f:
         f.write(b"not an image")
+    code = check_main(["--dataset", "grefcoco", "--root", groot, "--no-progress"])
+    out = capsys.readouterr().out
+    assert code == 1 and f"unreadable: {missing}: not a readable image" in out
+    # A valid header over truncated data: only --decode, decoding as the loader does, notices.
+    noise = np.random.default_rng(0).integers(0, 255, (H2, W2, 3), dtype=np.uint8)
+    ok = cv2.imencode(".png", noise)[1].tobytes()
+    with open(missing, "wb") as f:
+        f.write(ok[: len(ok) // 2])
     assert check_main(["--dataset", "grefcoco", "--root", groot, "--no-progress"]) == 0
     capsys.readouterr()
     code = check_main(["--dataset", "grefcoco", "--root", groot, "--decode", "--no-progress"])

@@ -73,7 +73,7 @@ def test_rela_structure_round_robin_and_rla_at_layer_0_only():
 
 
 def test_rela_decoder_parameter_count_matches_reference():
-    # reference §1.13: ReLA decoder 14.99 M with the paper widths (C 256, 8 heads, FFN 2048, 9 layers)
+    # analytic count: ReLA decoder 14.99 M with the paper widths (C 256, 8 heads, FFN 2048, 9 layers)
     dec = ReLADecoder(DecoderConfig(), text_dim=768, num_tokens=20)
     n = sum(p.numel() for p in dec.parameters())
     per_layer = 2 * (3 * 256 * 256 + 3 * 256 + 256 * 256 + 256 + 512) + (2 * 256 * 2048 + 2048 + 256 + 512)

@@ -1,4 +1,4 @@
-"""Tests for SynthGRES (train/data/synthgres, spec /work/shared/design/synthgres.md).
+"""Tests for SynthGRES (train/data/synthgres).
 
 The central check re-derives every sample's target set *independently*: a small parser in this file
 reads the sentence back into a meaning (using only the literal vocabulary below, not the generator's

@@ -23,7 +23,7 @@ from typing import Any, Dict, List, Optional, Sequence
 
 from mabp.variants import VARIANTS
 
-# Paper numbers on gRefCOCO val (reference §4): cIoU, gIoU, N-acc (MABP's evaluator).
+# Paper numbers on gRefCOCO val (paper Tables V, VI): cIoU, gIoU, N-acc (MABP's evaluator).
 PAPER = {
     "table5_naive": {"cIoU": 63.07, "gIoU": 64.23},
     "table5_rsh": {"cIoU": 64.87, "gIoU": 67.06},
@@ -100,7 +100,7 @@ def format_tables(results: Dict[str, List[Dict[str, Any]]], args: argparse.Names
     seeds = " ".join(str(s) for s in args.seeds)
     lines = [f"Ablations on {args.dataset}/{args.split} (first {args.val_samples} expressions), "
              f"{args.steps} steps per run, base config `{args.config}`, seeds {seeds} (mean ± std over seeds). "
-             "Paper columns: gRefCOCO val (reference §4); N-acc there is the official evaluator's "
+             "Paper columns: gRefCOCO val (paper Tables V, VI); N-acc there is the official evaluator's "
              "TP/(TP+FN+1).", ""]
     for title, rows in ROWS.items():
         present = [(k, label) for k, label in rows if k in results]
@@ -157,6 +157,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except KeyboardInterrupt:
         print("interrupted: finished runs are kept; re-run the same command to continue", file=sys.stderr)
         return 130
+    except Exception as exc:  # the data's, a checkpoint's or the folder's fault: one line, as train.fit
+        from mabp.registry import CheckpointError, CheckpointWriteError
+        from train.config import ConfigError
+        from train.data.refer_common import DatasetError
+        from train.run_lock import RunLockedError
+
+        if not isinstance(exc, (CheckpointError, CheckpointWriteError, ConfigError, DatasetError, RunLockedError)):
+            raise
+        print(f"error: {' '.join(str(exc).split())}", file=sys.stderr)
+        return 1 if isinstance(exc, CheckpointWriteError) else 2
     table = format_tables(results, args)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

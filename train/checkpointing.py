@@ -18,11 +18,21 @@ model config, "model") plus:
 
 Everything is tensors, numbers, strings, lists and dicts, so `torch.load(..., weights_only=True)` reads it
 (numpy arrays inside RNG states are converted to tensors; python's tuples to lists).
+
+Faults (the files are written by `mabp.registry.write_checkpoint_file`: tmp + fsync + rename, checksum):
+- before `last.pt` is replaced, the current one is kept as `last.prev.pt` (a hard link: no copy), so a
+  `last.pt` that turns out unreadable on resume falls back to the previous good one
+  (`load_resume_checkpoint`) instead of ending the run's history;
+- `atomic_write_text` rewrites text files (log.jsonl on resume) the same way, so a kill at that moment
+  leaves the old or the new file, never an empty one.
 """
 from __future__ import annotations
 
+import os
 import random
-from typing import Any, Dict, List, Optional
+import warnings
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -72,4 +82,74 @@ def pick_rng_for_rank(states: Optional[List[Optional[Dict[str, Any]]]], rank: in
     return states[rank]
 
 
-__all__ = ["capture_rng", "restore_rng", "seed_all", "pick_rng_for_rank"]
+PREVIOUS_SUFFIX = ".prev"
+
+
+def previous_path(path: os.PathLike) -> Path:
+    """`last.pt` -> `last.prev.pt`: where the checkpoint before the current one is kept."""
+    p = Path(path)
+    return p.with_name(p.stem + PREVIOUS_SUFFIX + p.suffix)
+
+
+def keep_previous(path: os.PathLike) -> None:
+    """Before `path` is replaced: keep its current content as `previous_path(path)` (a hard link, so no
+    copy and no extra disk until the new file replaces `path`; a copy where links are unsupported)."""
+    p = Path(path)
+    if not p.is_file():
+        return
+    prev = previous_path(p)
+    tmp = prev.with_name(prev.name + ".tmp")
+    try:
+        if tmp.exists():
+            tmp.unlink()
+        try:
+            os.link(p, tmp)
+        except OSError:
+            import shutil
+
+            shutil.copyfile(p, tmp)
+        os.replace(tmp, prev)
+    except OSError as exc:  # never fatal: the new checkpoint is still written atomically
+        warnings.warn(f"could not keep {p.name} as {prev.name}: {exc}")
+
+
+def load_resume_checkpoint(path: os.PathLike, loader) -> Tuple[dict, Path]:
+    """`loader(path)`, or -- when `path` is unreadable (CheckpointError) and `previous_path(path)` loads --
+    the previous checkpoint, with a warning. Returns (checkpoint, the path it came from).
+
+    Raises CheckpointError with what to do when neither loads.
+    """
+    from mabp.registry import CheckpointError
+
+    path = Path(path)
+    try:
+        return loader(path), path
+    except CheckpointError as exc:
+        first = exc
+    prev = previous_path(path)
+    if prev.is_file():
+        try:
+            ckpt = loader(prev)
+        except CheckpointError:
+            pass
+        else:
+            warnings.warn(f"{first}; resuming from the previous checkpoint {prev} (step {ckpt.get('step')}) instead")
+            return ckpt, prev
+    tried = f" (and {prev.name} is unusable too)" if prev.is_file() else ""
+    raise CheckpointError(f"{first}{tried}. To start this run again from step 0, move {path.name} and "
+                          f"{prev.name} out of {path.parent}, or set train.resume=false") from None
+
+
+def atomic_write_text(path: os.PathLike, text: str) -> None:
+    """Replace a text file atomically and durably (tmp + fsync + rename)."""
+    p = Path(path)
+    tmp = p.with_name(p.name + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, p)
+
+
+__all__ = ["capture_rng", "restore_rng", "seed_all", "pick_rng_for_rank", "previous_path", "keep_previous",
+           "load_resume_checkpoint", "atomic_write_text"]

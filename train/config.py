@@ -30,7 +30,7 @@ Schema (every key, its default and meaning)::
       betas: [0.9, 0.999]
       eps: 1.0e-8
       clip_grad_norm: 0.01      # full-model L2 clip after AMP unscale; null or 0 = off
-      freeze_bert_embeddings_and_last_layers: true   # the official quirk (reference §1.2)
+      freeze_bert_embeddings_and_last_layers: true   # the official quirk (official MABP: BERT embeddings and last two layers outside the optimizer)
       bert_frozen_last_layers: 2                     # how many top BERT layers the quirk freezes
       lr_multipliers: {}        # parameter-name prefix -> lr factor (longest matching prefix wins)
       freeze: []                # parameter-name prefixes kept fixed (requires_grad=False), e.g. backbone.backbone.

@@ -20,7 +20,17 @@ evaluation), curves.png, last.pt, best.pt, and TensorBoard events when tensorboa
 Ctrl-C: the first SIGINT (or a SIGTERM) asks for a stop at the end of the current step (all ranks agree
 through an all-reduce), then last.pt is written and fit() returns with interrupted=True. A
 KeyboardInterrupt raised elsewhere (a second Ctrl-C, or a hook) also saves last.pt if the step in
-progress had not started its update; only rank 0's RNG state is recorded then.
+progress had not started its update; only rank 0's RNG state is recorded then -- the snapshot taken at
+the last step boundary, never the live state (the interrupted step may already have drawn its dropout
+masks). DataLoader workers ignore SIGINT and SIGTERM: a SIGTERM to the whole process group (Slurm,
+systemd) reaches the main process, which stops and saves, instead of killing the workers under it.
+
+Faults: the run folder is locked (train/run_lock.py: a second run refuses and names the holder; a dead
+holder's lock is taken over); every log record carries the run id; log.jsonl is rewritten atomically on
+resume; checkpoints are fsynced, renamed into place and checksummed (mabp.registry), a failed write
+(disk full) raises CheckpointWriteError with one line and keeps the previous file; the previous last.pt
+is kept as last.prev.pt and used, with a warning, when last.pt is unreadable on resume
+(train/checkpointing.py).
 """
 from __future__ import annotations
 
@@ -42,11 +52,12 @@ from tqdm import tqdm
 
 from mabp.criterion import build_criterion
 from mabp.metrics import GRESMeter
-from mabp.postprocess import postprocess
 from mabp.registry import build_mabp, load_checkpoint, load_state, save_checkpoint
 from mabp.tokenizer import TextTokenizer
 from train import distributed as D
-from train.checkpointing import capture_rng, pick_rng_for_rank, restore_rng, seed_all
+from train.checkpointing import (atomic_write_text, capture_rng, keep_previous, load_resume_checkpoint,
+                                 pick_rng_for_rank, restore_rng, seed_all)
+from train.run_lock import RunLock, RunLockedError, new_run_id
 from train.collate import Collator, to_device
 from train.config import dump_config, model_config
 from train.optim import WarmupConstantCosine, build_optimizer, freeze_bert_parts, freeze_prefixes, unwrap
@@ -62,46 +73,25 @@ class NonFiniteLossError(RuntimeError):
 
 
 # --------------------------------------------------------------------------------------------- eval
-@torch.no_grad()
 def evaluate(model: nn.Module, loader: DataLoader, device: torch.device, nt_rule: str = "any",
              threshold: float = 0.5, min_pixels: int = 0, amp: bool = False,
              criterion: Optional[nn.Module] = None, progress: bool = False,
              amp_dtype: torch.dtype = torch.float16) -> Tuple[Dict[str, Any], GRESMeter]:
-    """One pass over `loader`; returns (metrics, meter), both reduced over ranks when distributed.
+    """One pass over `loader`; returns (metrics, meter), both merged over ranks when distributed.
 
-    Masks are decided at the model size S x S (logits bilinearly upsampled from S/4, sigmoid > threshold)
-    and scored against the batch's S x S GT, as the official evaluator does. The meter receives the raw
-    masks (not emptied by the no-target decision), which the §4 protocol needs. metrics = meter.compute()
-    + "val_loss" (when a criterion is given) + "breakdown" (per target tag).
+    The loop is train.evaluate's (`evaluation_loop`), so training-time validation and the CLI score
+    identically: masks decided at S x S against the batch's S x S GT, the raw (un-zeroed) masks scored.
+    metrics = meter.compute() + "val_loss" (when a criterion is given) + "breakdown" (per target tag).
     """
-    model = unwrap(model)
-    was_training = model.training
-    model.eval()
-    meter = GRESMeter()
-    loss_sum, loss_n = 0.0, 0
-    try:
-        for batch in tqdm(loader, desc="eval", leave=False, disable=not progress, dynamic_ncols=True):
-            batch = to_device(batch, device)
-            with torch.autocast(device_type=device.type, dtype=amp_dtype, enabled=amp):
-                out = model(batch["images"], batch["input_ids"], batch["attention_mask"])
-            out = _to_float(out)
-            size = tuple(batch["gt_masks"].shape[-2:])
-            pp = postprocess(out["pred_masks"], out["nt_logits"], out_size=size, threshold=threshold,
-                             nt_rule=nt_rule, min_pixels=min_pixels, model_size=size)
-            meter.update_batch(pp.raw_masks.cpu().numpy(), batch["gt_masks"].bool().cpu().numpy(),
-                               pp.no_target.cpu().numpy(), batch["no_target"].cpu().numpy(),
-                               tags=batch["tags"], sample_ids=batch["sample_ids"])
-            if criterion is not None:
-                n = int(batch["images"].shape[0])
-                loss_sum += float(criterion(out, batch["gt_masks"], batch["no_target"])["loss"]) * n
-                loss_n += n
-    finally:
-        model.train(was_training)
-    meter = D.gather_meter(meter)
+    from train.evaluate import evaluation_loop
+
+    shard = getattr(loader.dataset, "indices", None)  # the Subset of this rank's eval shard
+    acc = evaluation_loop(unwrap(model), loader, device, nt_rule, threshold, min_pixels, amp, criterion=criterion,
+                          progress=progress, sample_indices=shard, amp_dtype=amp_dtype)
+    meter = acc["meter"]
     metrics: Dict[str, Any] = meter.compute() if len(meter) else {"n": 0}
     if criterion is not None:
-        sums = D.all_reduce_sums({"s": loss_sum, "n": float(loss_n)}, device)
-        metrics["val_loss"] = sums["s"] / sums["n"] if sums["n"] else None
+        metrics["val_loss"] = acc["loss_sum"] / acc["loss_n"] if acc["loss_n"] else None
     if len(meter):
         metrics["breakdown"] = meter.breakdown("target")
     return metrics, meter
@@ -134,9 +124,12 @@ def build_datasets(cfg: Dict[str, Any], image_size: int):
 
 
 def _worker_ignores_sigint(worker_id: int) -> None:  # noqa: ARG001 - DataLoader API
-    """DataLoader workers ignore Ctrl-C: the main process decides when to stop (after the current step,
-    saving last.pt) and shuts them down; a worker killed by the same SIGINT would break that step."""
+    """DataLoader workers ignore Ctrl-C and SIGTERM: the main process decides when to stop (after the
+    current step, saving last.pt) and shuts them down; a worker killed by the same signal -- Ctrl-C and
+    Slurm/systemd's SIGTERM go to the whole process group -- would break that step ("DataLoader worker
+    killed by signal") and nothing would be saved."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 def compile_or_eager(model: nn.Module) -> nn.Module:
@@ -270,7 +263,9 @@ class Trainer:
         shard = eval_shard(n_val, self.dist.rank, self.dist.world_size)
         self.val_loader = DataLoader(Subset(self.val_ds, shard), batch_size=t["eval_batch_size"] or self.batch_size,
                                      shuffle=False, collate_fn=self.collator, num_workers=d["num_workers"],
-                                     pin_memory=self.device.type == "cuda", worker_init_fn=_worker_ignores_sigint)
+                                     pin_memory=self.device.type == "cuda", worker_init_fn=_worker_ignores_sigint,
+                                     # its own generator: an evaluation never moves the global RNG (dropout)
+                                     generator=torch.Generator().manual_seed(0))
 
         # Run state (what last.pt stores).
         self.step = 0
@@ -286,6 +281,9 @@ class Trainer:
         self._acc_skipped = 0
         self._acc_t0 = time.time()
         self._acc_step0 = 0
+        self.run_id = new_run_id()
+        self._lock: Optional[RunLock] = None
+        self._boundary_rng: Optional[Tuple[int, Dict[str, Any]]] = None  # (step, RNG state at that boundary)
 
     # ------------------------------------------------------------------ resume
     def resume_path(self) -> Optional[Path]:
@@ -302,8 +300,9 @@ class Trainer:
         return p
 
     def load_resume(self, path: Path) -> None:
-        """Restore model, optimizer, scheduler, scaler, RNG states, step and best from `path`."""
-        ckpt = load_checkpoint(path)
+        """Restore model, optimizer, scheduler, scaler, RNG states, step and best from `path` (or, when it
+        is unreadable, from the previous last.prev.pt with a warning; CheckpointError if neither loads)."""
+        ckpt, path = load_resume_checkpoint(path, load_checkpoint)
         for key in ("step", "optimizer", "train_config"):
             if key not in ckpt:
                 raise ValueError(f"{path} is a model checkpoint without training state ({key!r} missing); "
@@ -342,12 +341,16 @@ class Trainer:
                 "steps_per_epoch": self.steps_per_epoch, "epoch_length": self.epoch_length}
 
     # ------------------------------------------------------------------ checkpoints
-    def save(self, name: str = "last.pt", full: bool = True, gather_rng: bool = True) -> Optional[Path]:
+    def save(self, name: str = "last.pt", full: bool = True, gather_rng: bool = True,
+             rng_state: Optional[Dict[str, Any]] = None) -> Optional[Path]:
         """Write a checkpoint atomically (rank 0). full=False leaves out optimizer/scheduler/scaler/RNG
-        (best.pt is for inference and evaluation). With gather_rng every rank takes part (a collective)."""
+        (best.pt is for inference and evaluation). With gather_rng every rank takes part (a collective).
+        rng_state: this rank's RNG snapshot to store instead of the live state (an emergency save).
+        The last.pt being replaced is kept as last.prev.pt. Raises CheckpointWriteError (disk full...)."""
         rng = None
         if full:
-            rng = D.all_gather_object(capture_rng()) if gather_rng else [capture_rng()]
+            mine = rng_state if rng_state is not None else capture_rng()
+            rng = D.all_gather_object(mine) if gather_rng else [mine]
         if not self.is_main:
             return None
         extra: Dict[str, Any] = {
@@ -359,6 +362,8 @@ class Trainer:
         if full:
             extra.update(optimizer=self.optimizer.state_dict(), scheduler=self.scheduler.state_dict(),
                          scaler=self.scaler.state_dict() if self.amp else {}, rng=rng)
+        if name == "last.pt":
+            keep_previous(self.out_dir / name)
         return save_checkpoint(self.bare_model, self.out_dir / name, extra=extra)
 
     # ------------------------------------------------------------------ logging
@@ -369,6 +374,7 @@ class Trainer:
     def _log(self, record: Dict[str, Any]) -> None:
         if not self.is_main:
             return
+        record = dict(record, run=self.run_id)
         with open(self.out_dir / "log.jsonl", "a", encoding="utf-8") as f:
             f.write(json.dumps(_jsonable(record)) + "\n")
         if self._tb is not None:
@@ -389,7 +395,7 @@ class Trainer:
                     keep.append(line)
             except (ValueError, AttributeError):
                 continue
-        path.write_text("".join(k + "\n" for k in keep), encoding="utf-8")
+        atomic_write_text(path, "".join(k + "\n" for k in keep))  # a kill now leaves old or new, never empty
 
     def _open_tensorboard(self) -> None:
         if not (self.is_main and self.cfg["train"]["tensorboard"]):
@@ -512,8 +518,30 @@ class Trainer:
         """Train until schedule.max_steps (resuming first if configured). Returns a summary dict."""
         t, s = self.cfg["train"], self.cfg["schedule"]
         max_steps = int(s["max_steps"])
+        self._take_lock()
+        try:
+            return self._fit(max_steps)
+        finally:
+            if self._lock is not None:
+                self._lock.release()
+                self._lock = None
+
+    def _take_lock(self) -> None:
+        """Rank 0 locks the run folder; every rank learns whether that worked (no rank is left waiting)."""
+        error: Optional[RunLockedError] = None
         if self.is_main:
             self.out_dir.mkdir(parents=True, exist_ok=True)
+            try:
+                self._lock = RunLock(self.out_dir, self.run_id).acquire()
+            except RunLockedError as exc:
+                error = exc
+            if self._lock is not None and self._lock.stale:
+                self._print(f"note: took over the lock of {self.out_dir} left by a run that is gone "
+                            f"(run {self._lock.stale.get('run_id')}, pid {self._lock.stale.get('pid')})")
+        if D.all_reduce_max_flag(error is not None, self.device):
+            raise error or RunLockedError(f"the run folder {self.out_dir} is in use by another run (see rank 0)")
+
+    def _fit(self, max_steps: int) -> Dict[str, Any]:
         D.barrier()
         path = self.resume_path()
         if path is not None:
@@ -538,8 +566,11 @@ class Trainer:
             if self._in_update:
                 self._print("interrupted during a weight update: last.pt NOT rewritten (it may be older)")
             else:
-                # Other ranks may be gone: no collectives, only rank 0's RNG state is recorded.
-                self.save("last.pt", gather_rng=False)
+                # Other ranks may be gone: no collectives, only rank 0's RNG state is recorded -- the one
+                # of the last step boundary (the step in progress may already have drawn dropout masks).
+                snap = self._boundary_rng
+                rng = snap[1] if snap is not None and snap[0] == self.step else None
+                self.save("last.pt", gather_rng=False, rng_state=rng)
                 self._print(f"interrupted: saved {self.out_dir / 'last.pt'} at step {self.step}")
         finally:
             for sig, handler in old_handlers.items():
@@ -556,12 +587,16 @@ class Trainer:
 
     def _loop(self, max_steps: int) -> None:
         t = self.cfg["train"]
+        # RNG state at the current step boundary, for an emergency save (nothing between two train_steps
+        # draws from the global generators: data order, the eval loader and the workers use their own).
+        self._boundary_rng = (self.step, capture_rng())
         while self.step < max_steps:
             epoch, offset = divmod(self.step, self.steps_per_epoch)
             for batch in self._make_loader(epoch, offset):
                 stats = self.train_step(batch)
                 self.step += 1
                 self._in_update = False
+                self._boundary_rng = (self.step, capture_rng())
                 self._after_step(stats, max_steps)
                 for hook in self.hooks:
                     hook(self)

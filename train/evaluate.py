@@ -4,7 +4,7 @@
     python -m train.evaluate --checkpoint C --dataset grefcoco --split val --root datasets
     python -m train.evaluate --checkpoint C --dataset grefcoco --split val --root <a SynthGRES export>
 
-Protocol (reference §4, MABP's ReferEvaluator):
+Protocol (MABP's ReferEvaluator):
 - every (ref, sentence) pair is one sample;
 - the image is squashed (bilinear) to the model size S×S and the GT mask is resized to S×S with
   NEAREST (MABP scores against the nearest-resized PNG; ReLA's polygon rasterisation is not used);
@@ -94,6 +94,107 @@ def _json_safe(x: Any) -> Any:
 
 
 # ---------------------------------------------------------------------------------------- core
+def evaluation_loop(model: torch.nn.Module, loader: Any, device: torch.device, nt_rule: str, threshold: float,
+                    min_pixels: int = 0, amp: bool = False, criterion: Optional[torch.nn.Module] = None,
+                    progress: bool = True, desc: str = "eval", total: Optional[int] = None,
+                    sample_indices: Optional[Sequence[int]] = None,
+                    amp_dtype: torch.dtype = torch.float16) -> Dict[str, Any]:
+    """The one evaluation loop (this CLI and the training engine): every batch of `loader` (collated by
+    `train.collate.Collator`, S x S) through `model` on `device`, scored with the §4 protocol.
+
+    Returns {"meter": GRESMeter, "rule_meters": {rule: GRESMeter}, "head_counts": [per-head TP/FN/FP/TN],
+    "records": [per-sample dicts], "loss_sum", "loss_n"}. Under torch.distributed every entry is merged
+    over the ranks (meters and records in rank order, counts and loss sums added), so each rank's
+    loader may hold a shard; `sample_indices` are the dataset indices of this rank's samples in loader
+    order (default 0, 1, 2, ...). The model's device and train/eval mode are restored afterwards.
+    """
+    from tqdm import tqdm
+
+    from train import distributed as D
+
+    size = int(model.cfg.image_size)
+    home = _model_device(model)
+    was_training = model.training
+    meter = GRESMeter()
+    rule_meters: Dict[str, GRESMeter] = {}
+    head_counts: List[Dict[str, int]] = []
+    records: List[Dict[str, Any]] = []
+    loss_sum, loss_n = 0.0, 0
+    model.to(device).eval()
+    try:
+        with torch.inference_mode(), tqdm(total=total, desc=desc, unit="sample", disable=not progress,
+                                          leave=False, dynamic_ncols=True) as bar:
+            for step, batch in enumerate(loader):
+                images = batch["images"].to(device, non_blocking=True)
+                ids, att = batch["input_ids"].to(device), batch["attention_mask"].to(device)
+                b_size = images.shape[0]
+                first = len(records)
+                indices = list(range(first, first + b_size)) if sample_indices is None else \
+                    [int(i) for i in sample_indices[first:first + b_size]]
+                with torch.autocast(device.type, dtype=amp_dtype, enabled=amp):
+                    out = model(images, ids, att)
+                out = {k: [t.float() if isinstance(t, torch.Tensor) else t for t in v] if isinstance(v, list) else v
+                       for k, v in out.items()}
+                nt_logits = out["nt_logits"]
+                post = postprocess(out["pred_masks"], nt_logits, (size, size),
+                                   threshold=threshold, nt_rule=nt_rule, min_pixels=min_pixels, model_size=(size, size))
+                raw = post.raw_masks.cpu()
+                pred_nt = post.no_target.cpu()
+                gt = batch["gt_masks"] > 0.5  # the collator ships {0, 1} floats (training targets)
+                gt_nt = batch["no_target"]
+                meter.update_batch(raw, gt, pred_nt, gt_nt, tags=batch["tags"], sample_ids=indices)
+                if criterion is not None:
+                    loss = criterion(out, batch["gt_masks"].to(device), batch["no_target"].to(device))["loss"]
+                    loss_sum += float(loss) * b_size
+                    loss_n += b_size
+
+                heads = [x for x in nt_logits if x is not None]
+                head_probs = nt_probabilities(heads).cpu() if heads else None
+                if heads:
+                    # The same decision for every rule (and the heads alone), so the first/last/any
+                    # difference is visible from one pass. min_pixels applies to all alike.
+                    small = (raw.flatten(1).sum(-1) < min_pixels) if min_pixels > 0 else torch.zeros_like(pred_nt)
+                    for r in NT_RULES:
+                        dec = decide_no_target(heads, r)[0].cpu() | small
+                        rule_meters.setdefault(r, GRESMeter()).update_batch(raw, gt, dec, gt_nt)
+                    if not head_counts:
+                        head_counts = [_head_counts() for _ in heads]
+                    for k, logit in enumerate(heads):
+                        vote = (logit.argmax(-1) == 1).cpu()
+                        c = head_counts[k]
+                        c["TP"] += int((vote & gt_nt).sum())
+                        c["FN"] += int((~vote & gt_nt).sum())
+                        c["FP"] += int((vote & ~gt_nt).sum())
+                        c["TN"] += int((~vote & ~gt_nt).sum())
+
+                nt_prob = post.nt_prob.float().cpu()
+                for b in range(b_size):
+                    records.append({"index": indices[b], "sample_id": batch["sample_ids"][b],
+                                    "image_id": batch["image_ids"][b], "ref_id": batch["ref_ids"][b],
+                                    "sent_id": batch["sent_ids"][b], "sentence": batch["sentences"][b],
+                                    "truncated": bool(batch["truncated"][b]), "nt_prob": float(nt_prob[b]),
+                                    "nt_probs": [] if head_probs is None else [float(p) for p in head_probs[:, b]]})
+                bar.update(b_size)
+                if step % 25 == 0:  # compute() scans every sample so far: not on every batch
+                    bar.set_postfix(gIoU=f"{meter.compute()['gIoU']:.1f}", refresh=False)
+    finally:
+        model.train(was_training)
+        model.to(home)
+    if D.is_dist():  # rank-merged: every rank returns the whole evaluation
+        meter = D.gather_meter(meter)
+        rule_meters = {r: D.gather_meter(rule_meters.get(r, GRESMeter())) for r in NT_RULES
+                       if D.all_reduce_max_flag(r in rule_meters, device)}
+        n_heads = max(D.all_gather_object(len(head_counts)))
+        flat = {f"{k}.{key}": float(head_counts[k][key]) if k < len(head_counts) else 0.0
+                for k in range(n_heads) for key in ("TP", "FN", "FP", "TN")}
+        sums = D.all_reduce_sums(dict(flat, _loss=loss_sum, _n=float(loss_n)), device)
+        head_counts = [{key: int(sums[f"{k}.{key}"]) for key in ("TP", "FN", "FP", "TN")} for k in range(n_heads)]
+        loss_sum, loss_n = sums["_loss"], int(sums["_n"])
+        records = [r for part in D.all_gather_object(records) for r in part]
+    return {"meter": meter, "rule_meters": rule_meters, "head_counts": head_counts, "records": records,
+            "loss_sum": loss_sum, "loss_n": loss_n}
+
+
 def evaluate_model(model: torch.nn.Module, dataset: Any, batch_size: int = 8, nt_rule: Optional[str] = None,
                    threshold: Optional[float] = None, min_pixels: int = 0, limit: Optional[int] = None,
                    device: Optional[str] = None, progress: bool = True, amp: bool = False,
@@ -146,71 +247,23 @@ def evaluate_model(model: torch.nn.Module, dataset: Any, batch_size: int = 8, nt
     dev = torch.device(device) if device is not None else home
     if amp and dev.type != "cuda":
         raise ValueError("amp (fp16 autocast) is only supported on CUDA; drop it or use device='cuda'")
-    was_training = model.training
     size = int(cfg.image_size)
-    subset = dataset if n == n_total else Subset(dataset, range(n))
-    # Sequential order (shuffle=False): the k-th sample seen is dataset index k, recorded as "index".
+    # Under torch.distributed each rank evaluates its shard and the loop merges the ranks' meters.
+    from train import distributed as D
+    from train.sampler import eval_shard
+
+    shard = eval_shard(n, D.get_rank(), D.get_world_size()) if D.is_dist() else list(range(n))
+    subset = dataset if len(shard) == n_total else Subset(dataset, shard)
+    # Sequential order (shuffle=False): the k-th sample seen is dataset index k, recorded as "index". Its
+    # own generator: evaluating never moves the global RNG (training-time dropout depends on it).
     loader = DataLoader(subset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
-                        collate_fn=Collator(TextTokenizer(cfg.text), size), pin_memory=dev.type == "cuda")
-
-    meter = GRESMeter()
-    rule_meters: Dict[str, GRESMeter] = {}
-    head_counts: List[Dict[str, int]] = []
-    records: List[Dict[str, Any]] = []
-    model.to(dev).eval()
+                        collate_fn=Collator(TextTokenizer(cfg.text), size), pin_memory=dev.type == "cuda",
+                        generator=torch.Generator().manual_seed(0))
     t0 = time.perf_counter()
-    try:
-        with torch.inference_mode(), tqdm(total=n, desc=desc, unit="sample", disable=not progress) as bar:
-            for step, batch in enumerate(loader):
-                images = batch["images"].to(dev, non_blocking=True)
-                ids, att = batch["input_ids"].to(dev), batch["attention_mask"].to(dev)
-                b_size = images.shape[0]
-                first = len(records)
-                indices = list(range(first, first + b_size))
-                with torch.autocast("cuda", dtype=torch.float16, enabled=amp):
-                    out = model(images, ids, att)
-                nt_logits = [None if x is None else x.float() for x in out["nt_logits"]]
-                post = postprocess([m.float() for m in out["pred_masks"]], nt_logits, (size, size),
-                                   threshold=thr, nt_rule=rule, min_pixels=min_pixels, model_size=(size, size))
-                raw = post.raw_masks.cpu()
-                pred_nt = post.no_target.cpu()
-                gt = batch["gt_masks"] > 0.5  # the collator ships {0, 1} floats (training targets)
-                gt_nt = batch["no_target"]
-                meter.update_batch(raw, gt, pred_nt, gt_nt, tags=batch["tags"], sample_ids=indices)
-
-                heads = [x for x in nt_logits if x is not None]
-                head_probs = nt_probabilities(heads).cpu() if heads else None
-                if heads:
-                    # The same decision for every rule (and the heads alone), so the first/last/any
-                    # difference is visible from one pass. min_pixels applies to all alike.
-                    small = (raw.flatten(1).sum(-1) < min_pixels) if min_pixels > 0 else torch.zeros_like(pred_nt)
-                    for r in NT_RULES:
-                        dec = decide_no_target(heads, r)[0].cpu() | small
-                        rule_meters.setdefault(r, GRESMeter()).update_batch(raw, gt, dec, gt_nt)
-                    if not head_counts:
-                        head_counts = [_head_counts() for _ in heads]
-                    for k, logit in enumerate(heads):
-                        vote = (logit.argmax(-1) == 1).cpu()
-                        c = head_counts[k]
-                        c["TP"] += int((vote & gt_nt).sum())
-                        c["FN"] += int((~vote & gt_nt).sum())
-                        c["FP"] += int((vote & ~gt_nt).sum())
-                        c["TN"] += int((~vote & ~gt_nt).sum())
-
-                nt_prob = post.nt_prob.float().cpu()
-                for b in range(b_size):
-                    records.append({"index": indices[b], "sample_id": batch["sample_ids"][b],
-                                    "image_id": batch["image_ids"][b], "ref_id": batch["ref_ids"][b],
-                                    "sent_id": batch["sent_ids"][b], "sentence": batch["sentences"][b],
-                                    "truncated": bool(batch["truncated"][b]), "nt_prob": float(nt_prob[b]),
-                                    "nt_probs": [] if head_probs is None else [float(p) for p in head_probs[:, b]]})
-                bar.update(b_size)
-                if step % 25 == 0:  # compute() scans every sample so far: not on every batch
-                    bar.set_postfix(gIoU=f"{meter.compute()['gIoU']:.1f}", refresh=False)
-    finally:
-        model.train(was_training)
-        model.to(home)
+    acc = evaluation_loop(model, loader, dev, rule, thr, min_pixels, amp, progress=progress, desc=desc,
+                          total=len(shard), sample_indices=shard)
     wall = time.perf_counter() - t0
+    meter, rule_meters, head_counts, records = acc["meter"], acc["rule_meters"], acc["head_counts"], acc["records"]
 
     per_sample = []
     for rec, m in zip(records, meter.per_sample()):
@@ -282,6 +335,27 @@ def is_synthgres_export(dataset: Any) -> bool:
     synthgres_<split>_<index>.png): the published gRefCOCO rows must not be shown beside it."""
     images = getattr(getattr(dataset, "source", None), "images", None) or {}
     return any(str(im.get("file_name", "")).startswith("synthgres_") for im in list(images.values())[:16])
+
+
+def published_split_mismatch(dataset: Any, name: str, split: str, split_by: Optional[str] = None) -> Optional[str]:
+    """None when `dataset` (a real-format loader) has the published size of `name`/`split` (refs,
+    expressions, images as far as published: train.data.check.KNOWN_SIZES), else why not -- the paper's
+    row is only meaningful beside the real split, not beside any folder in the same format."""
+    from train.data.check import KNOWN_SIZES
+    from train.data.refcoco import DEFAULT_SPLIT_BY
+
+    report = getattr(dataset, "report", None)
+    if report is None:
+        return "the dataset has no split report"
+    key = (name, split_by or ("unc" if name == "grefcoco" else DEFAULT_SPLIT_BY.get(name, "unc")))
+    known = KNOWN_SIZES.get(key, {}).get(split)
+    if not known or all(v is None for v in known.values()):
+        return f"no published size is known for {name} {split}"
+    for field in ("refs", "expressions", "images"):
+        want = known.get(field)
+        if want is not None and report.get(field) != want:
+            return f"it has {report.get(field):,} {field} where the published {name} {split} has {want:,}"
+    return None
 
 
 def format_report(result: Mapping[str, Any], dataset: str, split: str, acc: str = "mabp-code",
@@ -459,15 +533,21 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"error: {_one_line(e)}", file=sys.stderr)
         return 2
     export = args.dataset != "synthgres" and is_synthgres_export(dataset)
+    mismatch = None if args.dataset == "synthgres" else published_split_mismatch(dataset, args.dataset, args.split,
+                                                                                  args.split_by)
     if export:
         print("note: this folder is a SynthGRES export, so no published gRefCOCO row is shown")
-    print(format_report(result, args.dataset, args.split, acc=args.acc, split_by=args.split_by, paper=not export))
+    elif mismatch:
+        print(f"note: no published row is shown: {mismatch}")
+    print(format_report(result, args.dataset, args.split, acc=args.acc, split_by=args.split_by,
+                        paper=not export and not mismatch))
     out_dir = Path(args.out) if args.out else Path("runs") / "eval" / f"{ckpt_path.stem}-{args.dataset}-{args.split}"
     meta = {
         "checkpoint": str(ckpt_path.resolve()),
         "checkpoint_sha256": sha256_file(ckpt_path)[:16],
         "checkpoint_info": {k: ckpt[k] for k in ("step", "epoch", "iteration") if k in ckpt},
         "dataset": args.dataset, "split": args.split, "root": args.root, "synthgres_export": export,
+        "published_split": mismatch is None if args.dataset != "synthgres" else None,
         "model_config": model.cfg.to_dict(),
         "args": vars(args),
         "acc_table": args.acc,

@@ -35,8 +35,12 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 2
     extra = {k: ckpt[k] for k in ("train_config", "step", "best", "converted_from") if k in ckpt}
     extra["exported_from"] = Path(args.src).name
-    dst = save_checkpoint(model, args.dst, extra=extra, half=not args.fp32,
-                          skip_external=not args.keep_package_weights)
+    try:
+        dst = save_checkpoint(model, args.dst, extra=extra, half=not args.fp32,
+                              skip_external=not args.keep_package_weights)
+    except OSError as exc:  # CheckpointWriteError: disk full etc., one line, nothing half-written
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     size_mb = dst.stat().st_size / 2**20
     n = sum(p.numel() for p in model.parameters())
     print(f"wrote {dst}: {size_mb:.1f} MB ({n / 1e6:.1f} M parameters in the model; "

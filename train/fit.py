@@ -13,7 +13,10 @@ Overrides are `section.key=value` with YAML values (numbers, null, [lists], {map
 is per process: the total batch is batch_size x the number of processes.
 
 Exit codes: 0 finished, 130 stopped by Ctrl-C/SIGTERM (last.pt saved; run the same command to resume),
-1 stopped by non-finite losses, 2 bad config/arguments.
+1 the run failed (non-finite losses, a checkpoint that could not be written, e.g. disk full: the previous
+one is kept), 2 bad config/arguments, bad dataset files, an unusable checkpoint (model.checkpoint, or a
+last.pt to resume from with no good previous one), or a run folder in use by another run. Errors are
+one line.
 """
 from __future__ import annotations
 
@@ -60,13 +63,19 @@ def main(argv: Optional[List[str]] = None) -> int:
         if args.print_config:
             print(yaml.safe_dump(load_config(args.config, args.overrides), sort_keys=False), end="")
             return 0
+        from mabp.registry import CheckpointError, CheckpointWriteError
         from train.engine import NonFiniteLossError
+        from train.data.refer_common import DatasetError
+        from train.run_lock import RunLockedError
 
         try:
             result = fit(args.config, args.overrides)
-        except NonFiniteLossError as exc:
+        except (NonFiniteLossError, CheckpointWriteError) as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 1
+        except (CheckpointError, RunLockedError, DatasetError) as exc:
+            print(f"error: {' '.join(str(exc).split())}", file=sys.stderr)
+            return 2
     except (ConfigError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

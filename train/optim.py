@@ -1,7 +1,7 @@
-"""Optimizer parameter groups and the learning-rate schedule of the released recipe (reference §3.1).
+"""Optimizer parameter groups and the learning-rate schedule of the released recipe (official configs/gres-MABP.yaml + train_net.py).
 
 Parameter groups (`build_param_groups`):
-- The official quirk (reference §1.2): BERT's embeddings and its last two encoder layers are left OUT of
+- The official quirk (official MABP: BERT embeddings and last two layers outside the optimizer): BERT's embeddings and its last two encoder layers are left OUT of
   the optimizer (they still receive gradients there, but are never updated). We set
   `requires_grad=False` on them instead. That is numerically identical — the forward pass is unchanged,
   and gradients still flow *through* the frozen layers to the trainable ones below, because autograd

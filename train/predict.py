@@ -66,11 +66,18 @@ def main(argv: Optional[List[str]] = None) -> int:
     from mabp.predictor import MABPPredictor
     from mabp.visualize import overlay_mask
 
+    from mabp.registry import CheckpointError
+
     if args.threads:
         torch.set_num_threads(args.threads)
     image = read_image(args.image)
     t0 = time.perf_counter()
-    predictor = MABPPredictor(load_model(args.checkpoint, args.preset))
+    try:
+        model = load_model(args.checkpoint, args.preset)
+    except (CheckpointError, FileNotFoundError) as exc:  # one line naming the file, like train.evaluate
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    predictor = MABPPredictor(model)
     load_s = time.perf_counter() - t0
     try:
         predictor.set_image(image)

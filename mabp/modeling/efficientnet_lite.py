@@ -20,6 +20,7 @@ from torch import nn
 from mabp.config import VisualConfig
 from mabp.modeling.mbconv import BN_EPS, BN_MOMENTUM, MBConvBlock, tf_same_pad
 from mabp.modeling.pwam import PWAM, ResidualGate
+from mabp.weights import load_weights_file, unwrap_state
 
 # EfficientNet-B0 block groups with the Lite rules (no SE; the first and last group are not depth-scaled,
 # which for Lite0 -- width/depth 1.0 -- changes nothing):
@@ -120,7 +121,7 @@ class EfficientNetLitePWAMEncoder(nn.Module):
         Returns (and stores in `ignored_pretrained_keys`) the unused classifier-head keys.
         """
         path = path or _default_weights_path()
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state, _ = unwrap_state(load_weights_file(path), path)
         ignored = sorted(k for k in state if k.startswith(HEAD_PREFIXES))
         # "_blocks.3._expand_conv.weight" -> "blocks.3.expand_conv.weight"
         mapped = {

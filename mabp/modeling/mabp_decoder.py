@@ -1,6 +1,6 @@
 """The MABP decoder ("predictor" in the official code): query generator, 9 mixed-modal layers over
 three scales (coarse -> fine, 3 layers each), query upsampling 16 -> 64 -> 256, regional supervision
-heads at every scale end, and the query FPN + final head at 1/4 (reference §1.5-§1.10).
+heads at every scale end, and the query FPN + final head at 1/4 (official MABP decoder; paper §III-B-§III-D).
 
 The paper's ablations (Tables V and VI) are switches of the same decoder (DecoderConfig.query_init,
 layer_type, head_type, attn_mask, nt_supervision; see mabp/variants.py); their defaults build the
@@ -76,7 +76,7 @@ def mask_dtype(like: torch.Tensor) -> torch.dtype:
 
 def region_attention_mask(logits: torch.Tensor, num_queries: int, num_tokens: int,
                           additive: Optional[torch.dtype] = None) -> torch.Tensor:
-    """The MMD attention mask (reference §1.6): a query may attend to the pixels of its own window
+    """The MMD attention mask (official MABP decoder; paper Eq. 1): a query may attend to the pixels of its own window
     plus every pixel predicted foreground anywhere, plus all language tokens.
 
     logits (B, H, W) of the scale's main RSH branch. Returns bool (B, 1, Q, H*W + L) shared by the heads,

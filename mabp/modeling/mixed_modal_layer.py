@@ -1,4 +1,4 @@
-"""One mixed-modal decoder (MMD) layer (paper Eq. 1; reference §1.6)."""
+"""One mixed-modal decoder (MMD) layer (paper Eq. 1; official MABP decoder layer)."""
 from __future__ import annotations
 
 from typing import Optional, Tuple

@@ -1,4 +1,4 @@
-"""Top-down FPN over the query grids of the three scales (reference §1.10)."""
+"""Top-down FPN over the query grids of the three scales (official MABP decoder's mask assembly)."""
 from __future__ import annotations
 
 from typing import List

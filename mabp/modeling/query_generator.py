@@ -1,4 +1,4 @@
-"""Query generator: text-conditioned initial region queries (paper Fig. 4; reference §1.5)."""
+"""Query generator: text-conditioned initial region queries (paper Fig. 4; official MABP query generator)."""
 from __future__ import annotations
 
 import math

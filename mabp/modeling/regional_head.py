@@ -1,4 +1,4 @@
-"""Regional supervision head (RSH) with its no-target branch (paper §III-D; reference §1.8).
+"""Regional supervision head (RSH) with its no-target branch (paper §III-D; official MABP regional head).
 
 The feature map is zero-padded and tiled into n x n non-overlapping windows (n = sqrt(Q)); query q
 predicts the mask of window (q // n, q % n) only, by a dot product with that window's features.

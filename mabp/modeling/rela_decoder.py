@@ -1,5 +1,5 @@
 """The ReLA decoder (Liu et al., CVPR 2023; henghuiding/ReLA main branch) on MABP's encoders and pixel
-decoder: the paper's main baseline, built in the same framework (reference §6.2, §6.3)."""
+decoder: the paper's main baseline, built in the same framework (henghuiding/ReLA gres_model/modeling)."""
 from __future__ import annotations
 
 from typing import Dict, List

@@ -1,4 +1,4 @@
-"""ReLA's output heads (reference §6.2): region masks, minimap, target mask, no-target."""
+"""ReLA's output heads (henghuiding/ReLA gres_model/modeling): region masks, minimap, target mask, no-target."""
 from __future__ import annotations
 
 from typing import Dict

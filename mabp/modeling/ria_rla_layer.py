@@ -1,5 +1,5 @@
 """One ReLA-style decoder layer: RIA (vision-only masked cross-attention), optional RLA, region
-self-attention, FFN (reference §6.2; the "RIA/RLA" rows of paper Table V)."""
+self-attention, FFN (henghuiding/ReLA; the "RIA/RLA" rows of paper Table V)."""
 from __future__ import annotations
 
 from typing import Optional, Tuple

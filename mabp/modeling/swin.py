@@ -21,6 +21,9 @@ from torch import Tensor, nn
 
 from mabp.config import VisualConfig
 from mabp.modeling.pwam import PWAM, ResidualGate
+# relative_position_index / _resize_bias_table live with the Swin key map (mabp.weights); re-exported here.
+from mabp.weights import (_resize_bias_table, load_weights_file, map_swin_imagenet_state,  # noqa: F401
+                          relative_position_index, unwrap_state)
 
 __all__ = [
     "window_partition",
@@ -100,19 +103,6 @@ def shifted_window_mask(hp: int, wp: int, window_size: int, shift_size: int,
     diff = mask_windows.unsqueeze(1) - mask_windows.unsqueeze(2)  # (nW, N, N)
     mask = torch.zeros_like(diff).masked_fill(diff != 0, MASK_VALUE)
     return mask.to(dtype)
-
-
-def relative_position_index(window_size: int) -> Tensor:
-    """Index into the relative-position bias table for every (query, key) pair of a window.
-
-    Returns a long tensor (ws*ws, ws*ws); entry [i, j] = (dh + ws - 1) * (2ws - 1) + (dw + ws - 1) with
-    (dh, dw) = coords(i) - coords(j), i.e. the standard Swin indexing.
-    """
-    coords = torch.stack(torch.meshgrid(torch.arange(window_size), torch.arange(window_size), indexing="ij"))
-    flat = coords.flatten(1)  # (2, N)
-    rel = (flat[:, :, None] - flat[:, None, :]).permute(1, 2, 0)  # (N, N, 2)
-    rel = rel + (window_size - 1)  # shift both offsets to start at 0
-    return rel[..., 0] * (2 * window_size - 1) + rel[..., 1]
 
 
 # ----------------------------------------------------------------------------------------- building blocks
@@ -433,13 +423,10 @@ class SwinPWAMEncoder(nn.Module):
         stay fresh.
 
         Strict: every Swin entry must be present with the right shape (bias tables of another window are
-        resized bicubically); anything else raises mabp.convert.ConversionError listing the problems, so a
+        resized bicubically); anything else raises mabp.weights.ConversionError listing the problems, so a
         wrong file never half-loads. The mapping is the converter's (`map_swin_imagenet_state`).
         Returns (fresh, ignored) key lists.
         """
-        # local import: mabp.convert imports this module
-        from mabp.convert import load_weights_file, map_swin_imagenet_state, unwrap_state
-
         source = str(path_or_state) if isinstance(path_or_state, str) else "state dict"
         raw = load_weights_file(path_or_state) if isinstance(path_or_state, str) else path_or_state
         state, _ = unwrap_state(raw, source)
@@ -520,12 +507,3 @@ class SwinPWAMEncoder(nn.Module):
                 x = layer.downsample(x, h, w)
                 h, w = (h + 1) // 2, (w + 1) // 2
         return out
-
-
-def _resize_bias_table(table: Tensor, target_len: int) -> Tensor:
-    """Bicubically resize a ((2w-1)^2, heads) relative position bias table to (target_len, heads)."""
-    src = int(round(math.sqrt(table.shape[0])))
-    dst = int(round(math.sqrt(target_len)))
-    grid = table.T.reshape(1, table.shape[1], src, src).float()
-    grid = F.interpolate(grid, size=(dst, dst), mode="bicubic", align_corners=False)
-    return grid.reshape(table.shape[1], dst * dst).T.contiguous().to(table.dtype)

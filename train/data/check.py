@@ -3,13 +3,15 @@
     python -m train.data.check --dataset grefcoco --root datasets
     python -m train.data.check --dataset refcocog --root datasets --split-by umd --decode
 
-Prints, per split, refs / expressions / images beside the published sizes (reference §5), no-target and
-multi-target counts, refs without sentences, crowd-only refs, dropped polygons, and every missing or
-unreadable image (the first 20 listed, plus the total). Every image file is checked for existence;
-`--decode` also decodes each one (slow on real COCO, with a progress bar).
+Prints, per split, refs / expressions / images beside the published sizes (gRefCOCO paper / refer API), no-target and
+multi-target counts, refs without sentences, crowd-only and empty-mask refs, dropped polygons, empty
+segmentations, every malformed annotation (file, annotation / ref id, what is wrong) and every missing,
+unreadable or mis-sized image (the first 20 listed, plus the total). The checks are the loaders' own
+(`ReferSource.scan_split` / `check_image`), so what passes here loads, and what fails here fails there.
+Every image header is read (size, EXIF orientation); `--decode` also decodes each image the way the
+loader does (slow on real COCO, with a progress bar).
 
-Exit code: 0 if every image is present (and decodes, with --decode), 1 otherwise or when the files
-cannot be loaded at all.
+Exit code: 0 if nothing is wrong, 1 otherwise or when the files cannot be loaded at all.
 """
 from __future__ import annotations
 
@@ -18,11 +20,9 @@ import os
 import sys
 from typing import Any, Dict, List, Optional, Sequence, TextIO, Tuple
 
-import cv2
-
 from train.data.refer_common import DatasetError, ReferSource
 
-# Published sizes (reference §5). None = not published / unknown.
+# Published sizes (gRefCOCO paper, refer API README). None = not published / unknown.
 KNOWN_SIZES: Dict[Tuple[str, str], Dict[str, Dict[str, Optional[int]]]] = {
     ("grefcoco", "unc"): {
         "train": {"refs": 78930, "expressions": None, "images": 16994},
@@ -90,21 +90,22 @@ def check_images(source: ReferSource, image_ids: Sequence[int], decode: bool = F
         path = source.image_path(iid)
         if not os.path.isfile(path):
             missing.append(path)
+        else:
+            problem = source.check_image(iid)  # the loader's own header test
+            if problem is not None:
+                unreadable.append(problem)
     if decode:
-        present = [i for i in ids if os.path.isfile(source.image_path(i))]
+        bad = set(missing) | {u.split(": ", 1)[0] for u in unreadable}
+        present = [i for i in ids if source.image_path(i) not in bad]
         it: Any = present
         if progress:
             from tqdm import tqdm
             it = tqdm(present, desc="decoding images", unit="img", file=sys.stderr)
         for iid in it:
-            path = source.image_path(iid)
-            img = cv2.imread(path, cv2.IMREAD_COLOR)
-            info = source.image_info(iid)
-            if img is None:
-                unreadable.append(f"{path} (cannot decode)")
-            elif img.shape[:2] != (int(info["height"]), int(info["width"])):
-                unreadable.append(f"{path} (size {img.shape[1]}x{img.shape[0]}, instances.json says "
-                                  f"{info['width']}x{info['height']})")
+            try:
+                source.decode_image(iid)
+            except DatasetError as e:
+                unreadable.append(str(e))
     return missing, unreadable
 
 
@@ -144,7 +145,7 @@ def run_check(dataset: str, root: str, split_by: Optional[str] = None, splits: O
         try:
             reports[s] = source.scan_split(s).report
         except DatasetError as e:
-            errors.append(str(e))
+            errors.extend(e.problems)
 
     p("")
     p("| split | refs (with sentences) | expressions | images | no-target refs / expr | multi-target refs / expr "
@@ -175,18 +176,34 @@ def run_check(dataset: str, root: str, split_by: Optional[str] = None, splits: O
             p(f"{s}: {r['crowd_instances_skipped']:,} crowd instances left out of masks")
         if r["polygons_dropped"]:
             p(f"{s}: {r['polygons_dropped']:,} polygons with < 3 points dropped")
+        if r["empty_segmentations"]:
+            p(f"{s}: {r['empty_segmentations']:,} empty segmentations (`[]`, only polygons with < 3 points, "
+              "or an RLE without foreground)")
+        if r["empty_mask_refs"]:
+            ids = r["empty_mask_refs"]
+            p(f"{s}: {len(ids):,} empty-mask refs (target refs whose non-crowd instances have nothing to "
+              f"rasterise; kept with an empty mask) (ref_ids {ids[:MAX_LISTED]}"
+              f"{' ...' if len(ids) > MAX_LISTED else ''})")
+        if r["refs_on_bad_images"]:
+            ids = r["refs_on_bad_images"]
+            p(f"{s}: {len(ids):,} refs left out by the loaders: their image is unusable (ref_ids "
+              f"{ids[:MAX_LISTED]}{' ...' if len(ids) > MAX_LISTED else ''})")
         if r["no_target_flag_inconsistent"]:
             p(f"{s}: {len(r['no_target_flag_inconsistent']):,} refs flagged no_target but listing "
               f"annotations (treated as no-target)")
         if r["ref_file_name_differs"]:
             p(f"{s}: {r['ref_file_name_differs']:,} refs whose file_name differs from instances.json "
               "(e.g. the `_x` suffix); images are resolved through image_id")
-    for n in notes:
+    for n in source.notes + notes:
         p(f"NOTE: {n}")
-    for e in errors:
+    for e in errors[:MAX_LISTED]:
         p(f"ERROR: {e}")
+    if len(errors) > MAX_LISTED:
+        p(f"ERROR: ... and {len(errors) - MAX_LISTED:,} more problems ({len(errors):,} in total)")
 
-    image_ids = sorted({ref.image_id for s in reports for ref in source.scan_split(s).refs})
+    # Every image of the listed splits, including those the loaders leave out (they are listed below).
+    image_ids = sorted({ref.image_id for s in reports for ref in source.refs
+                        if ref.split == s and ref.sentences})
     missing, unreadable = check_images(source, image_ids, decode=decode, progress=progress)
     p("")
     p(f"images referenced: {len(image_ids):,}; missing: {len(missing):,}"

@@ -1,4 +1,4 @@
-"""gRefCOCO loader (reference §5.1): multi-target and no-target referring expressions on COCO images.
+"""gRefCOCO loader (henghuiding/gRefCOCO format; ReLA grefer.py): multi-target and no-target referring expressions on COCO images.
 
 Accepted layouts (the first whose refs file exists wins):
 1. standard (ReLA's `datasets/` folder):

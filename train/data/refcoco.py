@@ -1,4 +1,4 @@
-"""RefCOCO / RefCOCO+ / G-Ref loaders (refer API format, reference §5.2).
+"""RefCOCO / RefCOCO+ / G-Ref loaders (refer API format, lichengunc/refer).
 
 Layout (ReLA issue #1):
     root/<dataset>/refs(<split_by>).p     pickled list of refs (ann_id a single int)

@@ -11,11 +11,21 @@ Sample schema (identical to SynthGRES):
      "image_id": int, "ref_id": int, "sent_id": int, "split": str}
     (a SynthGRES export fills "type" and "nt_kind" from its refs' "synthgres_tags").
 
-Data decisions (reference §5, §7.3 item 9), all counted in the split report, never silent:
+Data decisions (gRefCOCO / refer API formats; ReLA and gRefCOCO issue threads), all counted in the split report, never silent:
 - refs without sentences are skipped (gRefCOCO issue #3);
 - crowd instances (iscrowd=1) are left out of the mask; a target ref whose instances are all crowd
   keeps an empty mask and `no_target=False` (it still has a target), listed as "crowd-only";
-- polygons with < 3 points (< 6 numbers) are dropped, as ReLA does;
+- polygons with < 3 points (< 6 numbers) are dropped, as ReLA does; a target ref left with nothing to
+  rasterise (`segmentation: []`, only degenerate polygons, an RLE without foreground) is listed as an
+  "empty-mask" ref, as crowd-only refs are, and empty segmentations are counted;
+- every field read is type-checked (train.data.validate); polygons with non-finite or far-out-of-image
+  coordinates and RLEs whose counts do not add up to height x width are errors naming the file and the
+  annotation id -- found when the split is opened, so `train.data.check` and the loaders agree;
+- Python-2 pickles: byte strings are decoded as UTF-8, falling back to Latin-1 with a warning;
+- images are read in their stored pixel frame (COCO annotations are): the EXIF orientation is ignored
+  when the stored size matches instances.json (and applied only when the rotated size is the one it
+  states); a missing, unreadable or mis-sized image is listed and its refs are left out of the split
+  (a warning), never aborting it -- unless no image of the split is readable at all;
 - the image is found through `image_id` → instances.json `file_name`, never through the ref's own
   `file_name` (which carries an extra `_x` suffix in gRefCOCO);
 - `ann_id` may be a bare int; it is normalised to a list; no-target = `ann_id == [-1]` or
@@ -27,6 +37,7 @@ import json
 import logging
 import os
 import pickle
+import warnings
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence, Tuple
@@ -37,6 +48,8 @@ from pycocotools import mask as mask_utils
 from torch.utils.data import Dataset
 
 from train.data.transforms import RESIZE_MODES, letterbox_geometry, resize_sample, squash_geometry
+from train.data.validate import (FieldError, as_flag, as_int, as_str, check_segmentation,
+                                 decode_py2_strings)
 
 log = logging.getLogger(__name__)
 
@@ -45,12 +58,27 @@ MODES = ("eval", "train")
 
 
 class DatasetError(Exception):
-    """A dataset file is missing, malformed or inconsistent. The message names the file."""
+    """A dataset file is missing, malformed or inconsistent. The message names the file.
+
+    `problems` lists every problem found (the message shows the first few), for `train.data.check`.
+    """
+
+    def __init__(self, message: str, problems: Optional[List[str]] = None) -> None:
+        super().__init__(message)
+        self.problems: List[str] = list(problems) if problems else [message]
+
+
+MAX_IN_MESSAGE = 5
 
 
 # ---------------------------------------------------------------------- file helpers
-def load_refs_file(path: str) -> List[Dict[str, Any]]:
-    """Load a refs file: JSON (`grefs(unc).json`) or pickle (`refs(unc).p`, `grefs(unc).p`)."""
+def load_refs_file(path: str, notes: Optional[List[str]] = None) -> List[Dict[str, Any]]:
+    """Load a refs file: JSON (`grefs(unc).json`) or pickle (`refs(unc).p`, `grefs(unc).p`).
+
+    The refer-API pickles were written by Python 2: their byte strings are decoded as UTF-8 and, only
+    where that fails, as Latin-1 -- with a warning (also appended to `notes`), since Latin-1 accepts any
+    byte and would turn UTF-8 "café" into "cafÃ©" unnoticed.
+    """
     if not os.path.isfile(path):
         raise DatasetError(f"refs file not found: {path}")
     try:
@@ -62,11 +90,19 @@ def load_refs_file(path: str) -> List[Dict[str, Any]]:
                 try:
                     refs = pickle.load(f)
                 except UnicodeDecodeError:
-                    # The refer-API pickles were written by Python 2; byte strings need latin1.
                     f.seek(0)
-                    refs = pickle.load(f, encoding="latin1")
-    except (ValueError, pickle.UnpicklingError, EOFError) as e:
-        raise DatasetError(f"cannot parse refs file {path}: {e}") from e
+                    refs = pickle.load(f, encoding="bytes")
+                    stats: Dict[str, Any] = {}
+                    refs = decode_py2_strings(refs, stats)
+                    if stats.get("latin1"):
+                        msg = (f"{path}: {stats['latin1']:,} Python-2 byte string(s) are not UTF-8 and were "
+                               f"decoded as Latin-1 (e.g. {stats['examples']}); check the sentences")
+                        warnings.warn(msg)
+                        if notes is not None:
+                            notes.append(msg)
+    except (ValueError, pickle.UnpicklingError, EOFError, AttributeError, ImportError, IndexError,
+            TypeError) as e:
+        raise DatasetError(f"cannot parse refs file {path}: {' '.join(str(e).split())}") from e
     if not isinstance(refs, list):
         raise DatasetError(f"refs file {path} must hold a list of refs, got {type(refs).__name__}")
     return refs
@@ -109,6 +145,16 @@ class SplitScan:
     refs: List[Ref]  # usable refs (with sentences), sorted by ref_id
     report: Dict[str, Any] = field(default_factory=dict)
     target_tags: Dict[int, str] = field(default_factory=dict)  # ref_id → target tag
+    image_ids: List[int] = field(default_factory=list)  # images of the refs with sentences
+    bad_images: Dict[int, str] = field(default_factory=dict)  # image_id → problem (refs left out)
+
+
+def _orientation(im: Any) -> int:
+    """The EXIF orientation tag of a PIL image (1 when absent or unreadable)."""
+    try:
+        return int(im.getexif().get(274, 1))
+    except Exception:
+        return 1
 
 
 def _seg_form(seg: Any) -> str:
@@ -148,18 +194,71 @@ class ReferSource:
         self.allow_no_target = allow_no_target
         if not os.path.isfile(instances_path):
             raise DatasetError(f"{name} instances file not found: {instances_path}; expected layout: {layout_hint}")
-        raw_refs = load_refs_file(refs_path)
+        self.notes: List[str] = []  # things the integrity report should say (e.g. Latin-1 fallbacks)
+        raw_refs = load_refs_file(refs_path, self.notes)
         coco = load_instances(instances_path)
-        try:
-            self.images: Dict[int, Dict[str, Any]] = {int(im["id"]): im for im in coco["images"]}
-            self.anns: Dict[int, Dict[str, Any]] = {int(a["id"]): a for a in coco["annotations"]}
-        except (KeyError, TypeError, ValueError) as e:
-            raise DatasetError(f"malformed images/annotations entry in {instances_path}: {e!r}") from e
-        self.categories: Dict[int, str] = {int(c["id"]): str(c.get("name", c["id"]))
-                                           for c in coco.get("categories", [])}
+        self.images: Dict[int, Dict[str, Any]] = self._read_entries(coco["images"], "images", self._image_entry)
+        self.anns: Dict[int, Dict[str, Any]] = self._read_entries(coco["annotations"], "annotations",
+                                                                  self._ann_entry)
+        cats = coco.get("categories", [])
+        self.categories: Dict[int, str] = self._read_entries(cats if cats is not None else [], "categories",
+                                                             self._category_entry)
         self.refs: List[Ref] = [self._normalise(r, k) for k, r in enumerate(raw_refs)]
         self._scans: Dict[str, SplitScan] = {}
         self._rle_cache: Dict[int, Optional[Dict[str, Any]]] = {}
+        self._image_checks: Dict[int, Tuple[Optional[Tuple[int, int]], Optional[str]]] = {}
+
+    # ------------------------------------------------------------------ instances.json entries
+    def _read_entries(self, items: Any, key: str, read) -> Dict[int, Any]:
+        """{id: entry} of instances.json's `key` list, every entry checked by `read(entry, k)`."""
+        if not isinstance(items, list):
+            raise DatasetError(f"{self.instances_path}: '{key}' must be a list, got {type(items).__name__}")
+        out: Dict[int, Any] = {}
+        problems: List[str] = []
+        for k, item in enumerate(items):
+            try:
+                if not isinstance(item, dict):
+                    raise FieldError(f"is a {type(item).__name__}, expected an object")
+                if "id" not in item:
+                    raise FieldError("has no 'id'")
+                i = as_int(item["id"], "'id'")
+                if i in out:
+                    raise FieldError(f"repeats id {i}")
+                out[i] = read(item)
+            except FieldError as e:
+                ident = f" (id {item.get('id')!r:.20})" if isinstance(item, dict) and "id" in item else ""
+                problems.append(f"{self.instances_path}: {key} entry #{k}{ident}: {e}")
+        if problems:
+            raise DatasetError(self._summary(problems, f"malformed {key} entries"), problems)
+        return out
+
+    @staticmethod
+    def _image_entry(im: Dict[str, Any]) -> Dict[str, Any]:
+        h, w = as_int(im.get("height"), "'height'"), as_int(im.get("width"), "'width'")
+        if h <= 0 or w <= 0:
+            raise FieldError(f"has a non-positive size {w}x{h}")
+        name = as_str(im.get("file_name"), "'file_name'")
+        return dict(im, height=h, width=w, file_name=name)
+
+    @staticmethod
+    def _ann_entry(a: Dict[str, Any]) -> Dict[str, Any]:
+        out = dict(a, id=as_int(a["id"], "'id'"), image_id=as_int(a.get("image_id"), "'image_id'"),
+                   iscrowd=int(as_flag(a.get("iscrowd", 0), "'iscrowd'")))
+        if a.get("category_id") is not None:
+            out["category_id"] = as_int(a["category_id"], "'category_id'")
+        if "segmentation" not in a:
+            raise FieldError("has no 'segmentation'")
+        return out
+
+    @staticmethod
+    def _category_entry(c: Dict[str, Any]) -> str:
+        name = c.get("name", c["id"])
+        return name if isinstance(name, str) else str(as_int(name, "'name'"))
+
+    def _summary(self, problems: Sequence[str], what: str) -> str:
+        head = "; ".join(problems[:MAX_IN_MESSAGE])
+        more = f" (and {len(problems) - MAX_IN_MESSAGE} more)" if len(problems) > MAX_IN_MESSAGE else ""
+        return f"{len(problems)} {what}: {head}{more}"
 
     # ------------------------------------------------------------------ refs
     def _normalise(self, r: Any, k: int) -> Ref:
@@ -168,30 +267,50 @@ class ReferSource:
         for key in ("ref_id", "image_id", "split"):
             if key not in r:
                 raise DatasetError(f"ref #{k} in {self.refs_path} has no '{key}' field")
+        where = f"ref #{k} (ref_id {r['ref_id']!r:.20}) in {self.refs_path}"
+        try:
+            return self._normalise_fields(r)
+        except FieldError as e:
+            raise DatasetError(f"{where}: {e}") from None
+
+    def _normalise_fields(self, r: Dict[str, Any]) -> Ref:
+        ref_id = as_int(r["ref_id"], "'ref_id'")
+        image_id = as_int(r["image_id"], "'image_id'")
+        split = as_str(r["split"], "'split'")
         raw_ann = r.get("ann_id", [])
         ann_list = list(raw_ann) if isinstance(raw_ann, (list, tuple)) else [raw_ann]
-        try:
-            ann_list = [int(a) for a in ann_list]
-        except (TypeError, ValueError) as e:
-            raise DatasetError(f"ref {r['ref_id']} in {self.refs_path}: bad ann_id {raw_ann!r}") from e
+        ann_list = [as_int(a, "'ann_id'") for a in ann_list]
         ann_ids = [a for a in ann_list if a != -1]
-        flag = bool(r.get("no_target", False))
+        flag = as_flag(r.get("no_target", False), "'no_target'")
         no_target = flag or not ann_ids
         sentences = r.get("sentences") or []
         sent_ids = r.get("sent_ids") or []
+        if not isinstance(sentences, list):
+            raise FieldError(f"'sentences' must be a list, got {type(sentences).__name__}")
+        if not isinstance(sent_ids, list):
+            raise FieldError(f"'sent_ids' must be a list, got {type(sent_ids).__name__}")
         norm_sents = []
         for j, s in enumerate(sentences):
+            if not isinstance(s, dict):
+                raise FieldError(f"sentence {j} must be an object with 'sent'/'raw', got {type(s).__name__}")
             s = dict(s)
             if "sent_id" not in s:
                 s["sent_id"] = sent_ids[j] if j < len(sent_ids) else -1
+            s["sent_id"] = as_int(s["sent_id"], f"sentence {j} 'sent_id'")
+            for key in ("sent", "raw"):
+                if key in s:
+                    as_str(s[key], f"sentence {j} '{key}'")
             norm_sents.append(s)
+        file_name = r.get("file_name")
+        if file_name is not None:
+            as_str(file_name, "'file_name'")
         # A SynthGRES export carries the generator's expression type / no-target kind; keep them so the
         # export's evaluation has the same breakdowns as the generated split. Real gRefCOCO has none.
         extra = r.get("synthgres_tags")
         extra = {k: v for k, v in extra.items() if k in ("type", "nt_kind")} if isinstance(extra, dict) else {}
-        return Ref(ref_id=int(r["ref_id"]), image_id=int(r["image_id"]), split=str(r["split"]),
+        return Ref(ref_id=ref_id, image_id=image_id, split=split,
                    ann_ids=[] if no_target else ann_ids, no_target=no_target, sentences=norm_sents,
-                   file_name=r.get("file_name"), nt_inconsistent=flag and bool(ann_ids), extra_tags=extra)
+                   file_name=file_name, nt_inconsistent=flag and bool(ann_ids), extra_tags=extra)
 
     def split_names(self) -> List[str]:
         """All split names present in the refs file, in first-seen order."""
@@ -204,7 +323,11 @@ class ReferSource:
         segmentations of an unknown form, or (RefCOCO) a ref without target.
         """
         if split in self._scans:
-            return self._scans[split]
+            scan = self._scans[split]
+            # Image files may have been fixed or broken since: the cheap header checks are redone.
+            if self._bad_images(scan.image_ids) == scan.bad_images:
+                return scan
+            del self._scans[split]
         in_split = [r for r in self.refs if r.split == split]
         if not in_split:
             avail = Counter(r.split for r in self.refs)
@@ -261,24 +384,57 @@ class ReferSource:
         if nt_refs_not_allowed:
             _fail(f"have no target, which {self.name} does not allow", nt_refs_not_allowed)
 
-        polys_dropped, crowd_skipped = 0, 0
+        # Every segmentation a mask of this split is built from is checked here, before any decoding,
+        # so the integrity check and the loader see the same problems.
+        polys_dropped, crowd_skipped, empty_segs = 0, 0, 0
+        empty_anns = set()
+        seg_problems: List[str] = []
         for a in used_anns.values():
-            form = _seg_form(a.get("segmentation"))
-            if form == "unknown":
-                raise DatasetError(
-                    f"annotation {a['id']} (image {a['image_id']}) in {self.instances_path} has a "
-                    f"segmentation of unknown form: {str(a.get('segmentation'))[:80]!r}; expected "
-                    "polygons (list of [x1, y1, x2, y2, ...]) or RLE ({'size', 'counts'})")
             if a.get("iscrowd", 0):
                 crowd_skipped += 1
+                if _seg_form(a.get("segmentation")) == "unknown":
+                    seg_problems.append(self._ann_where(a) + f": segmentation of unknown form: "
+                                        f"{str(a.get('segmentation'))[:80]!r}")
+                continue  # crowd regions are never rasterised
+            img = self.images[a["image_id"]]
+            try:
+                info = check_segmentation(a["segmentation"], img["height"], img["width"])
+            except FieldError as e:
+                seg_problems.append(f"{self._ann_where(a)}: {e}")
                 continue
-            if form == "polygons":
-                for p in a["segmentation"]:
-                    if len(p) % 2:
-                        raise DatasetError(f"annotation {a['id']} in {self.instances_path} has a polygon "
-                                           f"with an odd number of coordinates ({len(p)})")
-                    if len(p) < 6:
-                        polys_dropped += 1
+            polys_dropped += info.dropped
+            if info.empty:
+                empty_segs += 1
+                empty_anns.add(int(a["id"]))
+        if seg_problems:
+            raise DatasetError(self._summary(seg_problems, f"malformed segmentation(s) used by split '{split}'"),
+                               seg_problems)
+        # Target refs whose mask would be empty although they have non-crowd instances: every one of those
+        # has nothing to rasterise. Listed (like crowd-only refs), never scored against an empty mask silently.
+        empty_mask = []
+        crowd_set = set(crowd_only)
+        for r in in_split:
+            if r.no_target or r.ref_id in crowd_set:
+                continue
+            non_crowd = [a for a in r.ann_ids if not self.anns[a].get("iscrowd", 0)]
+            if non_crowd and all(a in empty_anns for a in non_crowd):
+                empty_mask.append(r.ref_id)
+        # Images: header only (size, EXIF orientation), the same test the loader applies when decoding.
+        candidate_images = sorted({r.image_id for r in usable})
+        bad_images = self._bad_images(candidate_images)
+        if bad_images and len(bad_images) == len({r.image_id for r in usable}):
+            hint = "" if os.path.isdir(self.image_root) else f" (the image root {self.image_root} does not exist)"
+            raise DatasetError(self._summary(list(bad_images.values()),
+                                             f"image(s) of split '{split}' unusable, i.e. all of them{hint}"),
+                               list(bad_images.values()))
+        on_bad = sorted(r.ref_id for r in usable if r.image_id in bad_images)
+        if bad_images:
+            usable = [r for r in usable if r.image_id not in bad_images]
+            warnings.warn(f"{self.name} {split}: {len(bad_images)} image(s) unusable, their {len(on_bad)} ref(s) "
+                          f"left out: {self._summary(list(bad_images.values()), 'image problem(s)')}")
+        if empty_mask:
+            log.warning("%s %s: %d target ref(s) with nothing to rasterise (empty mask): %s", self.name, split,
+                        len(empty_mask), empty_mask[:20])
 
         usable_ids = {r.ref_id for r in usable}
         tag_refs = Counter(tags[r.ref_id] for r in usable)
@@ -302,16 +458,71 @@ class ReferSource:
             "crowd_only_refs": [i for i in crowd_only if i in usable_ids],
             "crowd_instances_skipped": crowd_skipped,
             "polygons_dropped": polys_dropped,
+            "empty_segmentations": empty_segs,
+            "empty_mask_refs": [i for i in empty_mask if i in usable_ids],
+            "bad_images": [bad_images[i] for i in sorted(bad_images)],
+            "refs_on_bad_images": on_bad,
             "no_target_flag_inconsistent": sorted(r.ref_id for r in usable if r.nt_inconsistent),
             "ref_file_name_differs": suffix_names,
         }
-        scan = SplitScan(split=split, refs=usable, report=report, target_tags=tags)
+        scan = SplitScan(split=split, refs=usable, report=report, target_tags=tags,
+                         image_ids=candidate_images, bad_images=bad_images)
         self._scans[split] = scan
         if no_sent:
             log.info("%s %s: skipped %d refs without sentences", self.name, split, len(no_sent))
         return scan
 
+    def _ann_where(self, a: Dict[str, Any]) -> str:
+        return f"{self.instances_path}: annotation {a['id']} (image {a['image_id']})"
+
     # ------------------------------------------------------------------ images and masks
+    def _bad_images(self, image_ids: Sequence[int]) -> Dict[int, str]:
+        out = {}
+        for iid in image_ids:
+            problem = self.check_image(iid)
+            if problem is not None:
+                out[iid] = problem
+        return out
+
+    def check_image(self, image_id: int) -> Optional[str]:
+        """None if the image file can be used, else a one-line problem naming the path.
+
+        Reads the header only (Pillow opens lazily): the stored size must be instances.json's, or its
+        transpose with an EXIF orientation that rotates it (5-8) to that size. Cached per file state
+        (size, mtime), so a replaced file is checked again.
+        """
+        from PIL import Image
+
+        path = self.image_path(image_id)
+        try:
+            st = os.stat(path)
+            stamp: Optional[Tuple[int, int]] = (st.st_mtime_ns, st.st_size)
+        except OSError:
+            stamp = None
+        cached = self._image_checks.get(image_id)
+        if cached is not None and cached[0] == stamp:
+            return cached[1]
+        info = self.images[image_id]
+        problem: Optional[str] = None
+        if stamp is None or not os.path.isfile(path):
+            problem = f"{path}: missing (image_id {image_id})"
+        else:
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    with Image.open(path) as im:
+                        w, h = im.size
+                        orientation = _orientation(im)
+            except Exception as e:  # PIL raises many types for bad files
+                problem = f"{path}: not a readable image ({type(e).__name__}) (image_id {image_id})"
+            else:
+                want = (info["height"], info["width"])
+                if (h, w) != want and not ((w, h) == want and orientation in (5, 6, 7, 8)):
+                    problem = (f"{path}: stored size {w}x{h} but {self.instances_path} says "
+                               f"{info['width']}x{info['height']} (image_id {image_id})")
+        self._image_checks[image_id] = (stamp, problem)
+        return problem
+
     def image_info(self, image_id: int) -> Dict[str, Any]:
         """The instances.json `images` entry of `image_id`."""
         return self.images[image_id]
@@ -322,23 +533,46 @@ class ReferSource:
 
     def load_image(self, ref: Ref) -> np.ndarray:
         """Decode the image of `ref` as (H, W, 3) uint8 RGB, checking its size against instances.json."""
-        path = self.image_path(ref.image_id)
+        return self.decode_image(ref.image_id, ref.ref_id)
+
+    def decode_image(self, image_id: int, ref_id: Optional[int] = None) -> np.ndarray:
+        """Decode image `image_id` as (H, W, 3) uint8 RGB in the annotations' pixel frame.
+
+        Raises DatasetError (naming the path, and `ref_id` when given) for a missing or undecodable
+        file, or one whose size is not instances.json's in either orientation.
+        """
+        path = self.image_path(image_id)
+        ids = f"ref_id {ref_id}, image_id {image_id}" if ref_id is not None else f"image_id {image_id}"
         if not os.path.isfile(path):
             hint = "" if os.path.isdir(self.image_root) else f" (the image root {self.image_root} does not exist)"
-            raise DatasetError(f"image not found: {path} (ref_id {ref.ref_id}, image_id {ref.image_id}){hint}")
-        bgr = cv2.imread(path, cv2.IMREAD_COLOR)
+            raise DatasetError(f"image not found: {path} ({ids}){hint}")
+        # COCO annotations are in the stored pixel frame (the official pipelines decode without applying
+        # the EXIF orientation): read it that way; apply the orientation only when that is what gives
+        # the size instances.json states.
+        bgr = cv2.imread(path, cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
         if bgr is None:
-            raise DatasetError(f"cannot decode image {path} (ref_id {ref.ref_id}, image_id {ref.image_id})")
-        info = self.images[ref.image_id]
+            raise DatasetError(f"cannot decode image {path} ({ids})")
+        info = self.images[image_id]
         h, w = int(info["height"]), int(info["width"])
         if bgr.shape[:2] != (h, w):
-            raise DatasetError(f"image {path} is {bgr.shape[1]}x{bgr.shape[0]} but {self.instances_path} "
-                               f"says {w}x{h} (image_id {ref.image_id})")
+            rotated = cv2.imread(path, cv2.IMREAD_COLOR)
+            if rotated is None or rotated.shape[:2] != (h, w):
+                raise DatasetError(f"image {path} is {bgr.shape[1]}x{bgr.shape[0]} but {self.instances_path} "
+                                   f"says {w}x{h} ({ids})")
+            bgr = rotated
         return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
 
     def _ann_rle(self, ann: Dict[str, Any], h: int, w: int) -> Optional[Dict[str, Any]]:
-        """The compressed RLE of one annotation (None if all its polygons were dropped)."""
+        """The compressed RLE of one annotation (None if all its polygons were dropped).
+
+        The segmentation is validated first (scan_split already did, this keeps the method safe alone):
+        pycocotools must never see counts that do not add up or polygons it cannot rasterise.
+        """
         seg = ann["segmentation"]
+        try:
+            check_segmentation(seg, h, w)
+        except FieldError as e:
+            raise DatasetError(f"{self._ann_where(ann)}: {e}") from None
         form = _seg_form(seg)
         if form == "polygons":
             polys = [[float(v) for v in p] for p in seg if len(p) >= 6]

@@ -1,4 +1,4 @@
-"""SynthGRES: the procedurally generated GRES benchmark (spec: /work/shared/design/synthgres.md).
+"""SynthGRES: the procedurally generated GRES benchmark (the spec is this package's docstrings and the README's SynthGRES section).
 
 Public API::
 

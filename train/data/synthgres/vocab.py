@@ -1,4 +1,4 @@
-"""Closed vocabulary and fixed constants of SynthGRES (spec: /work/shared/design/synthgres.md).
+"""Closed vocabulary and fixed constants of SynthGRES (the spec is this package's docstrings and the README's SynthGRES section).
 
 Everything that defines the *world* lives here so that the scene generator, the expression grammar,
 the exporter and the tests agree on one source of truth.
