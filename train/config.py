@@ -11,6 +11,8 @@ Schema (every key, its default and meaning)::
     model:
       preset: tiny              # mabp.registry preset: paper | lite | tiny
       checkpoint: null          # initial weights from an MABP checkpoint (fine-tuning; NOT a resume)
+      checkpoint_adapt: false   # true: the checkpoint may be another size of the architecture (e.g. the
+                                # first lite); copy what fits, slice sampling points (train.warm_start)
       overrides: {}             # dotted MABPConfig keys, e.g. {text.path: /bert, visual.weights: swin.pth}
       disable_dropout: false    # set every nn.Dropout to p=0 (BERT's 0.1); for equivalence tests/debugging
     data:
@@ -83,7 +85,8 @@ from mabp.config import LossConfig, MABPConfig
 from mabp.registry import PRESETS, get_config
 
 DEFAULTS: Dict[str, Any] = {
-    "model": {"preset": "tiny", "checkpoint": None, "overrides": {}, "disable_dropout": False},
+    "model": {"preset": "tiny", "checkpoint": None, "checkpoint_adapt": False, "overrides": {},
+              "disable_dropout": False},
     "data": {"dataset": "synthgres", "root": None, "train_split": "train", "val_split": "val",
              "train_mode": "train", "epoch_length": None, "size": None, "num_workers": 0,
              "val_samples": None, "kwargs": {}},

@@ -63,6 +63,7 @@ from train.config import dump_config, model_config
 from train.optim import WarmupConstantCosine, build_optimizer, freeze_bert_parts, freeze_prefixes, unwrap
 from train.sampler import ShardedBatchSampler, eval_shard
 from train.visual_cache import VisualFeatureCache, cacheable_visual_pass
+from train.warm_start import load_adapted
 
 EVAL_KEYS = ("gIoU", "cIoU", "N-acc", "T-acc", "Pr@0.7", "Pr@0.8", "Pr@0.9")
 BEST_METRIC = "gIoU"
@@ -205,7 +206,13 @@ class Trainer:
         seed_all(t["seed"])
         self.model_cfg = model_config(cfg)
         ckpt_init = cfg["model"]["checkpoint"]
-        model = build_mabp(self.model_cfg, checkpoint=ckpt_init)
+        self.init_report = None
+        if ckpt_init and cfg["model"]["checkpoint_adapt"]:
+            # A checkpoint of another size of the architecture (e.g. the first lite): transfer what fits.
+            model = build_mabp(self.model_cfg)
+            self.init_report = load_adapted(model, load_checkpoint(ckpt_init))
+        else:
+            model = build_mabp(self.model_cfg, checkpoint=ckpt_init)
         if cfg["model"]["disable_dropout"]:
             for m in model.modules():
                 if isinstance(m, nn.Dropout):
@@ -670,6 +677,11 @@ class Trainer:
             f"every {self.cfg['train']['eval_every']} steps",
             f"resume: {resumed if resumed else 'fresh start'}",
         ]
+        if self.init_report is not None and not resumed:
+            r = self.init_report
+            lines.append(f"init: {self.cfg['model']['checkpoint']} adapted: {len(r['copied'])} tensors copied, "
+                         f"{len(r['sliced'])} sliced to fewer sampling points, {len(r['fresh'])} fresh, "
+                         f"{len(r['unused'])} unused")
         self._print("\n".join(lines))
 
 
