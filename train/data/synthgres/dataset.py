@@ -82,6 +82,7 @@ class SynthGRES:
         photographic_only: photo / mixed: paste photographs only (no drawn stamps).
         stamps_dir, background_dirs: photo / mixed: where the Debian packages' images are (default:
             $MABP_TUXPAINT_STAMPS / $MABP_BACKGROUNDS, else the Debian install paths).
+        manifest: photo / mixed: a manifest JSON other than the committed one (tests).
 
     `ds[k]` returns the shared sample dict (see `SynthGRES.sample`).
 
@@ -94,7 +95,7 @@ class SynthGRES:
     def __init__(self, split: str, size: int | tuple[int, int] = 320, seed: int | None = None,
                  length: int | None = None, epoch: int = 0, cache_size: int = 8, world: str = "shapes",
                  photographic_only: bool = False, stamps_dir: str | None = None,
-                 background_dirs: tuple[str, ...] | list[str] | None = None) -> None:
+                 background_dirs: tuple[str, ...] | list[str] | None = None, manifest: str | None = None) -> None:
         if world not in WORLDS:
             raise ValueError(f"unknown SynthGRES world {world!r}; expected one of {WORLDS}")
         self.world = world
@@ -102,11 +103,9 @@ class SynthGRES:
         self.assets = self.lexicon = None
         if world != "shapes":
             from .photo import get_assets
-            from .photo_grammar import PhotoLexicon
 
-            self.assets = get_assets(stamps_dir, tuple(background_dirs) if background_dirs else None)
-            self.lexicon = PhotoLexicon(tuple(s for s in self.assets.stamps
-                                              if s.photographic or not self.photographic_only))
+            self.assets = get_assets(stamps_dir, tuple(background_dirs) if background_dirs else None, manifest)
+            self.lexicon = self.assets.lexicon(self.photographic_only)
         self.split = split
         self.seed_value = split_seed(split, seed)
         self.size = _parse_size(size)
@@ -306,19 +305,61 @@ def generate_sample(split: str, index: int, size: int | tuple[int, int] = 320, s
 
 def describe_scene_expressions(scene: Scene, rng: np.random.Generator, n: int = 6,
                                split: str = "train") -> list[tuple[str, list[int], dict[str, str | None]]]:
-    """Suggest n evaluated expressions for any scene: [(sentence, target_ids, tags), ...]."""
-    exprs = generate_expressions(scene, rng, n, split) if split in ("testA", "testB") else \
-        ExpressionGenerator(scene, rng, BASE_PROFILE).generate(n)
+    """Suggest n evaluated expressions for any scene (shapes or photo world):
+    [(sentence, target_ids, tags), ...].
+
+    Raises:
+        PhotoWorldUnavailable: a photo scene while the photo world's packages are missing.
+    """
+    if getattr(scene, "world", "shapes") == "photo":
+        from .grammar import PROFILES
+        from .photo import get_assets
+        from .photo_grammar import PhotoExpressionGenerator, generate_photo_expressions
+
+        assets = get_assets()
+        lexicon = assets.lexicon()
+        exprs = generate_photo_expressions(scene, rng, n, lexicon, assets.stamps, split) \
+            if split in ("testA", "testB") else PhotoExpressionGenerator(scene, rng, lexicon, PROFILES["train"]).generate(n)
+    else:
+        exprs = generate_expressions(scene, rng, n, split) if split in ("testA", "testB") else \
+            ExpressionGenerator(scene, rng, BASE_PROFILE).generate(n)
     return [(e.sentence, list(e.target_ids), dict(e.tags)) for e in exprs]
 
 
-def random_scene(seed: int, size: int | tuple[int, int] = 320, n: int = 6
+def random_scene(seed: int, size: int | tuple[int, int] = 320, n: int = 6, world: str = "shapes"
                  ) -> tuple[np.ndarray, Scene, list[tuple[str, list[int], dict[str, str | None]]]]:
     """For the app's "new random scene" button: (image, scene, suggestions) from a user seed.
 
-    Scenes follow the train distribution (held-out testA pairs never appear), so a model trained on
-    SynthGRES sees familiar combinations.
+    Args:
+        seed: any int; the result is a pure function of (seed, size, n, world).
+        size: canvas, int or (height, width).
+        n: number of suggested expressions.
+        world: "shapes" (default, unchanged), "photo" (real object cut-outs) or "mixed" (the seed
+            picks one of the two).
+
+    Returns:
+        image (H, W, 3) uint8 RGB, the Scene (scene.world says which world), and n suggestions
+        [(sentence, target_ids, tags), ...] whose target sets are evaluated on the scene.
+
+    Scenes follow the train distribution (held-out testA pairs / stamps never appear), so a model
+    trained on SynthGRES sees familiar combinations.
+
+    Raises:
+        ValueError: unknown world.
+        PhotoWorldUnavailable (a RuntimeError): world "photo" / "mixed" without the Debian packages;
+            the message names the packages to apt-get install.
     """
-    scene = generate_scene(np.random.default_rng([int(seed), 0xA99]), size, "train")
+    if world not in WORLDS:
+        raise ValueError(f"unknown SynthGRES world {world!r}; expected one of {WORLDS}")
+    if world == "mixed":
+        world = "photo" if np.random.default_rng([int(seed), 0xA99, 2]).random() < MIXED_PHOTO_SHARE else "shapes"
+    rng = np.random.default_rng([int(seed), 0xA99])
+    if world == "photo":
+        from .photo import get_assets
+        from .photo_scene import generate_photo_scene
+
+        scene = generate_photo_scene(rng, get_assets(), size, "train")
+    else:
+        scene = generate_scene(rng, size, "train")
     suggestions = describe_scene_expressions(scene, np.random.default_rng([int(seed), 0xA99, 1]), n)
     return scene.image.copy(), scene, suggestions

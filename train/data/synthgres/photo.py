@@ -207,6 +207,17 @@ class PhotoAssets:
         self.background_files = find_background_files(background_dirs)
         self._levels: dict[int, tuple[np.ndarray, ...]] = {}
         self._backgrounds: dict[int, np.ndarray] = {}
+        self._lexicons: dict[bool, object] = {}
+
+    def lexicon(self, photographic_only: bool = False):
+        """The PhotoLexicon (nouns, taxonomy, plurals) of the usable stamps, cached."""
+        hit = self._lexicons.get(bool(photographic_only))
+        if hit is None:
+            from .photo_grammar import PhotoLexicon
+
+            hit = self._lexicons[bool(photographic_only)] = PhotoLexicon(
+                tuple(s for s in self.stamps if s.photographic or not photographic_only))
+        return hit
 
     def levels(self, index: int) -> tuple[np.ndarray, ...]:
         """The cached pyramid of stamp `index`: RGBA uint8 arrays, longest side = PYRAMID[i] (or less)."""
