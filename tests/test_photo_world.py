@@ -571,3 +571,37 @@ def test_real_packages_when_installed():
             assert s["mask"].any() == (not s["no_target"]) and 1 <= len(s["sentence"].split()) <= 16
     img, scene, sugg = random_scene(3, world="photo")
     assert img.shape == (320, 320, 3) and scene.world == "photo" and len(sugg) == 6
+
+
+def test_world_vocabularies_and_the_exported_checkpoint(tmp_path):
+    from mabp.vocabulary import ModelVocabulary
+    from train.data.synthgres.vocab import COLOURS as SHAPE_COLOURS, SHAPES
+    from train.data.synthgres.world_vocabulary import vocabulary_for_config, world_vocabulary
+
+    shapes, photo, mixed = (world_vocabulary(w) for w in ("shapes", "photo", "mixed"))
+    assert shapes.worlds == ("shapes",) and set(shapes.nouns) == set(SHAPES) and shapes.colours == SHAPE_COLOURS
+    assert "pig" in photo.nouns and "pigs" == photo.plurals["pig"] and "pig" in photo.taxonomy["animal"]
+    assert mixed.worlds == ("shapes", "photo") and set(mixed.nouns) == set(shapes.nouns) | set(photo.nouns)
+    assert shapes.is_out_of_vocabulary("the pig") and not mixed.is_out_of_vocabulary("the pig")
+    assert mixed.is_out_of_vocabulary("the woman in the blue jacket") is False  # "blue" is known ...
+    assert mixed.known_words("the woman in the blue jacket") == ["blue"]  # ... but not the nouns
+    assert ModelVocabulary.from_dict(mixed.to_dict()) == mixed
+    assert vocabulary_for_config({"data": {"dataset": "synthgres", "kwargs": {}}}) == shapes
+    assert vocabulary_for_config({"data": {"dataset": "grefcoco", "kwargs": {}}}) is None
+    with pytest.raises(ValueError, match="world"):
+        world_vocabulary("cats")
+
+    # train.export stores the vocabulary of the training config's world
+    import torch
+
+    from mabp import build_mabp
+    from mabp.registry import load_checkpoint, save_checkpoint
+    from train.export import main as export_main
+
+    src, dst = tmp_path / "run.pt", tmp_path / "shipped.pt"
+    save_checkpoint(build_mabp("tiny"), src,
+                    extra={"train_config": {"data": {"dataset": "synthgres", "kwargs": {"world": "mixed"}}}})
+    assert export_main([str(src), str(dst)]) == 0
+    stored = ModelVocabulary.from_checkpoint(load_checkpoint(dst))
+    assert stored == mixed
+    assert torch.load(dst, weights_only=True)["vocabulary"]["worlds"] == ["shapes", "photo"]
