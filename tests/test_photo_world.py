@@ -605,3 +605,21 @@ def test_world_vocabularies_and_the_exported_checkpoint(tmp_path):
     stored = ModelVocabulary.from_checkpoint(load_checkpoint(dst))
     assert stored == mixed
     assert torch.load(dst, weights_only=True)["vocabulary"]["worlds"] == ["shapes", "photo"]
+
+
+def test_evaluation_breaks_down_by_taxonomy_group(world, tmp_path):
+    from mabp import build_mabp
+    from train.evaluate import format_report, main as evaluate_main
+
+    ds = make(world, "val", world="mixed", length=16)
+    from train.evaluate import evaluate_model
+
+    res = evaluate_model(build_mabp("tiny"), ds, batch_size=8, progress=False)
+    groups = {ds[k]["tags"]["group"] for k in range(16)} - {None}
+    assert set(res["breakdowns"]["group"]) == {str(g) for g in groups}
+    assert set(res["breakdowns"]["world"]) <= {"photo", "shapes"} and sum(
+        v["n"] for v in res["breakdowns"]["world"].values()) == 16
+    report = format_report(res, "synthgres", "val")
+    assert "### By taxonomy group (photo world)" in report and "### By world" in report
+    assert evaluate_main(["--checkpoint", str(tmp_path / "missing.pt"), "--dataset", "grefcoco", "--split", "val",
+                          "--world", "photo"]) == 2
