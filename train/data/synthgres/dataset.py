@@ -312,14 +312,13 @@ def describe_scene_expressions(scene: Scene, rng: np.random.Generator, n: int = 
         PhotoWorldUnavailable: a photo scene while the photo world's packages are missing.
     """
     if getattr(scene, "world", "shapes") == "photo":
-        from .grammar import PROFILES
         from .photo import get_assets
-        from .photo_grammar import PhotoExpressionGenerator, generate_photo_expressions
+        from .photo_grammar import PHOTO_PROFILES, PhotoExpressionGenerator, generate_photo_expressions
 
         assets = get_assets()
         lexicon = assets.lexicon()
         exprs = generate_photo_expressions(scene, rng, n, lexicon, assets.stamps, split) \
-            if split in ("testA", "testB") else PhotoExpressionGenerator(scene, rng, lexicon, PROFILES["train"]).generate(n)
+            if split in ("testA", "testB") else PhotoExpressionGenerator(scene, rng, lexicon, PHOTO_PROFILES["train"]).generate(n)
     else:
         exprs = generate_expressions(scene, rng, n, split) if split in ("testA", "testB") else \
             ExpressionGenerator(scene, rng, BASE_PROFILE).generate(n)
