@@ -8,9 +8,10 @@ rules are those of `grammar.py` (the generator is subclassed, not copied).  What
   animal", "all the birds except the duck", "the fruit at the top" are evaluated on the scene);
 * the generic noun is "object" ("the red object", "all the objects except the pig");
 * colour words exist only for stamps with one clearly dominant hue (the manifest), and a phrase that
-  names colour c is refused when some object it would have to exclude still *shows* c on >= 10 % of
-  its pixels ("the red apple" beside a half-red apple; "the red chicken" beside a rooster with a red
-  comb) — so a colour phrase never depends on a borderline judgement;
+  names colour c is refused when some object it would have to exclude has no colour word (a peacock,
+  a pale flamingo: pixels cannot say whether a person would call it "blue") or still *shows* c on
+  >= 10 % of its pixels ("the red car" beside a blue car with red stripes) — so a colour phrase never
+  depends on a borderline judgement;
 * no-target kinds: a deceptive combination (the colour and the noun both occur, not together, or
   a size that the noun does not have here), an absent noun — preferably from the same taxonomy as
   the scene's objects ("the zebra" among farm animals) — or absent taxonomy word, and a spatial
@@ -156,11 +157,15 @@ class PhotoExpressionGenerator(ExpressionGenerator):
 
     # -- colour safety -----------------------------------------------------------------------------
     def colour_safe(self, f: Filter) -> bool:
-        """A colour phrase is said only if no object it excludes still shows that colour (>= 10 %)."""
+        """A colour phrase is said only if every object it excludes *has* another colour word and does not
+        show this colour on >= 10 % of its pixels.  Objects without a colour word (a peacock, a pale
+        flamingo, a brown horse) are never excluded by a colour: pixels cannot tell whether a person
+        would call them "blue" or "pink", so "the blue peacock" is never claimed to be absent."""
         if f.colour is None:
             return True
         rest = PhotoFilter(f.shape, None, f.size)
-        return all(o.colour == f.colour or not o.shows(f.colour) for o in self.scene.objects if rest.matches(o))
+        return all(o.colour == f.colour or (o.colour is not None and not o.shows(f.colour))
+                   for o in self.scene.objects if rest.matches(o))
 
     def _finalise(self, d: _Draft | None, typ: str, want: str, nt_kind: str | None) -> Expression | None:
         if d is None or not all(self.colour_safe(f) for f in d.meaning.filters()):
@@ -215,7 +220,7 @@ class PhotoExpressionGenerator(ExpressionGenerator):
             for c in sorted(self.colours):
                 for cat in sorted(present):
                     f = PhotoFilter(cat, c)
-                    if not f.select(objs):
+                    if not f.select(objs) and self.colour_safe(f):
                         combos.append(f)
             sized = []
             if len(self.sizes) == 2:
