@@ -198,6 +198,48 @@ DRAWINGS: dict[str, str] = {
     "vehicles/masstransit/cartoon/double_decker_bus.png": "bus",
     "vehicles/locomotive/cartoon/toy_train.png": "train",
     "household/dishes/cartoon/pasta_pot.png": "pot",
+    # SVG drawings (rasterised with resvg-py): mostly everyday nouns that have no photograph
+    "household/dishes/coffeecup.svg": "cup", "household/dishes/expresso.svg": "cup",
+    "household/dishes/fork.svg": "fork", "household/dishes/cartoon/fork.svg": "fork",
+    "household/dishes/spoon.svg": "spoon", "household/dishes/cartoon/spoon.svg": "spoon",
+    "household/dishes/knife.svg": "knife", "household/dishes/bottle.svg": "bottle",
+    "household/electronics/camera.svg": "camera", "household/electronics/digitalcamera.svg": "camera",
+    "household/electronics/DSLR_Camera.svg": "camera", "household/electronics/mobile.svg": "phone",
+    "household/electronics/phone.svg": "phone", "household/electronics/calculator.svg": "calculator",
+    "household/electronics/laptop.svg": "laptop", "household/electronics/monitor.svg": "monitor",
+    "household/microwave.svg": "microwave", "household/fridge.svg": "fridge",
+    "household/Washing-machine.svg": "washing machine", "household/umbrella.svg": "umbrella",
+    "household/arttools/Pencil.svg": "pencil", "household/arttools/pencil2.svg": "pencil",
+    "household/arttools/ballpointpen.svg": "pen", "household/arttools/biro.svg": "pen",
+    "household/clothes_iron.svg": "iron", "household/globe.svg": "globe", "household/trash_can.svg": "bin",
+    "household/padlock_closed.svg": "padlock", "household/padlock_open.svg": "padlock",
+    "household/vacuum_cleaner.svg": "vacuum cleaner", "household/tealight.svg": "candle",
+    "household/tools/screwdriver.svg": "screwdriver", "household/tools/hammer2.svg": "hammer",
+    "plants/toadstool.svg": "mushroom", "hobbies/kite.svg": "kite", "hobbies/music/string/violin2.svg": "violin",
+    "hobbies/music/string/guitar_electric_bass2.svg": "guitar", "medical/digitalthermometer.svg": "thermometer",
+    "seasonal/winter/sledge.svg": "sledge", "seasonal/winter/snowman.svg": "snowman",
+    "seasonal/winter/snowman2.svg": "snowman", "seasonal/christmas/present.svg": "gift",
+    "seasonal/christmas/candy_cane.svg": "candy cane", "seasonal/christmas/rudolf_reindeer.svg": "reindeer",
+    "seasonal/balloon.svg": "balloon", "seasonal/leafrake.svg": "rake",
+    "animals/insects/bee.svg": "bee", "animals/insects/cartoon/spider.svg": "spider",
+    "animals/insects/cartoon/spider2.svg": "spider", "animals/insects/cartoon/ant.svg": "ant",
+    "animals/insects/cartoon/monarchbutterfly.svg": "butterfly", "animals/mammals/equines/zebra2.svg": "zebra",
+    "animals/mammals/cats/kitten.svg": "cat", "animals/mammals/cats/cheetah.svg": "cheetah",
+    "animals/birds/swallow.svg": "swallow", "sports/stopwatch.svg": "stopwatch",
+    "vehicles/iso_lorry1.svg": "truck", "vehicles/iso_lorry2.svg": "truck", "vehicles/iso_lorry3.svg": "truck",
+    "vehicles/iso_lorry4.svg": "truck", "vehicles/toy_truck.svg": "truck", "vehicles/blue_truck.svg": "truck",
+    "vehicles/iso_bus.svg": "bus", "vehicles/masstransit/cartoon/schoolbus.svg": "bus",
+    "vehicles/race/f1_car.svg": "car", "vehicles/auto/sportscar.svg": "car", "vehicles/auto/sportscar3.svg": "car",
+    "vehicles/construction/cartoon/forklift.svg": "forklift", "vehicles/construction/cartoon/forklift2.svg": "forklift",
+    "vehicles/construction/cartoon/bulldozer.svg": "bulldozer", "vehicles/flight/planes/plane.svg": "airplane",
+    "vehicles/ship/sail_boat1.svg": "sailboat", "vehicles/ship/sail_boat2.svg": "sailboat",
+    "vehicles/locomotive/white_train.svg": "train", "vehicles/farming/cartoon/tractor.svg": "tractor",
+    "vehicles/cycle/motorbike.svg": "motorbike", "vehicles/cycle/bluebike.svg": "bicycle",
+    "vehicles/iso_fireengine.svg": "fire truck",
+    "food/fruit/cartoon/blueberry.svg": "blueberries", "food/fruit/cartoon/watermelon.svg": "watermelon",
+    "food/fruit/cartoon/raspberry.svg": "raspberry", "food/bread.svg": "bread", "food/loaf_of_bread.svg": "bread",
+    "food/cheese.svg": "cheese", "food/dessert/smallcake.svg": "cupcake",
+    "food/dessert/cartoon/birthday_cake.svg": "cake", "food/dessert/cartoon/pink_cake.svg": "cake",
 }
 
 # Taxonomy: path prefix -> group words (most specific prefix wins; all matching prefixes add words).
@@ -223,6 +265,12 @@ NOUN_GROUPS: dict[str, tuple[str, ...]] = {
     "mug": ("dish",), "glass": ("dish",), "jug": ("dish",), "teapot": ("dish",), "pot": ("dish",),
     "kettle": ("dish",), "train": ("vehicle",), "fire truck": ("vehicle", "truck"),
     "chili": ("food", "vegetable", "pepper"), "rubber duck": ("toy",), "tricycle": ("vehicle",),
+    "cup": ("dish",), "swallow": ("animal", "bird"), "ant": ("animal", "insect"), "cheetah": ("animal",),
+    "zebra": ("animal",), "truck": ("vehicle", "truck"), "forklift": ("vehicle",), "bulldozer": ("vehicle",),
+    "tractor": ("vehicle",), "sledge": (), "blueberries": ("fruit",), "watermelon": ("fruit",),
+    "raspberry": ("fruit",), "bread": (), "cheese": (), "cupcake": (), "cake": (), "screwdriver": ("tool",),
+    "rake": ("tool",), "candle": (), "gift": (), "balloon": (), "snowman": (), "violin": ("instrument",),
+    "guitar": ("instrument",), "thermometer": (), "kite": (),
 }
 # Top-level groups used for evaluation breakdowns.
 TOP_GROUPS: tuple[str, ...] = ("animals", "food", "plants", "household", "hobbies", "sports", "vehicles",
@@ -232,7 +280,9 @@ _TOP_OF_DIR = {"animals": "animals", "food": "food", "plants": "plants", "househ
                "town": "other", "seasonal": "other"}
 _TOP_OF_NOUN = {"chick": "animals", "cat": "animals", "spider": "animals", "bat": "animals",
                 "butterfly": "animals", "bluebird": "animals", "pudding": "food", "pie": "food",
-                "candy cane": "food", "egg": "food", "daffodil": "plants", "christmas tree": "plants"}
+                "candy cane": "food", "egg": "food", "daffodil": "plants", "christmas tree": "plants",
+                "reindeer": "animals", "balloon": "hobbies", "kite": "hobbies", "sledge": "hobbies",
+                "rake": "household", "gift": "other", "snowman": "other", "stopwatch": "sports"}
 
 # Removed after looking at the contact sheet, or before (folder-level), with the reason.
 DROPPED: dict[str, str] = {
@@ -289,6 +339,9 @@ DROPPED: dict[str, str] = {
     "seasonal/halloween/bat_left.png": "pixel-art drawing", "seasonal/halloween/blackcat.png": "pixel-art drawing",
     "seasonal/halloween/skull.png": "pixel-art drawing", "seasonal/halloween/spider.png": "pixel-art drawing",
     "seasonal/hanukkah/holiday_candle.png": "a drawing (glow), not a photograph",
+    "animals/insects/bee.png": "a line drawing filed as a photograph; the SVG bee is kept as a drawing",
+    "household/tealight.svg": "reads as a white cylinder, not a candle",
+    "food/fruit/cartoon/watermelon.svg": "resvg cannot render it (invalid size)",
     "folders cartoon/, symbols/, space/, people/, military/, clothes/, town/houses/, town/roadsigns/ (signs), "
     "town/flags/ (flags), symbols/money (coins)": "drawings, symbols, signs, coins, people and clothing",
 }
@@ -373,24 +426,17 @@ def top_group(path: str, noun: str) -> str:
 
 def caption(stamps: Path, rel: str) -> str:
     """First line of the stamp's caption file ('' when there is none)."""
-    txt = (stamps / rel).with_suffix(".txt")
+    txt = (stamps / rel).with_suffix(".txt")  # NAME.png / NAME.svg -> NAME.txt
     if not txt.exists():
         return ""
     return txt.read_text(encoding="utf-8", errors="replace").splitlines()[0].strip()
 
 
 def load_rgba(path: Path) -> np.ndarray:
-    """(H, W, 4) uint8 RGBA of a stamp (grey / RGB PNGs get an opaque alpha)."""
-    im = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-    if im is None:
-        raise FileNotFoundError(path)
-    if im.ndim == 2:
-        im = cv2.cvtColor(im, cv2.COLOR_GRAY2BGRA)
-    elif im.shape[2] == 3:
-        im = cv2.cvtColor(im, cv2.COLOR_BGR2BGRA)
-    if im.dtype != np.uint8:
-        im = (im / 257).astype(np.uint8)
-    return cv2.cvtColor(im, cv2.COLOR_BGRA2RGBA)
+    """(H, W, 4) uint8 RGBA of a stamp, exactly as the world reads it (PNG, or SVG via resvg-py)."""
+    from train.data.synthgres.photo import read_rgba
+
+    return read_rgba(path)
 
 
 def build(stamps: Path) -> dict:
@@ -403,7 +449,11 @@ def build(stamps: Path) -> dict:
         if not (stamps / rel).exists():
             print(f"missing: {rel}", file=sys.stderr)
             continue
-        rgba = load_rgba(stamps / rel)
+        try:
+            rgba = load_rgba(stamps / rel)
+        except RuntimeError as exc:  # an SVG that resvg cannot render: listed, then moved to DROPPED
+            print(f"unreadable: {rel}: {exc}", file=sys.stderr)
+            continue
         entries.append({"path": rel, "noun": noun, "plural": plural_of(noun), "groups": groups_for(rel, noun),
                         "top": top_group(rel, noun), "photographic": photo, "colour": COLOUR_OVERRIDES.get(rel, colour_word(rgba))
                         if rel not in COLOUR_OVERRIDES else COLOUR_OVERRIDES[rel],

@@ -56,6 +56,7 @@ TABLE = [
     ("vehicles/auto/sportscar.png", "car", "cars", ["vehicle"], "vehicles", "red", {"red": 1.0}, "train", True, RED, None),
     ("vehicles/masstransit/cartoon/bus.png", "bus", "buses", ["vehicle"], "vehicles", "green", {"green": 1.0},
      "train", False, GREEN, None),
+    ("hobbies/kite.svg", "kite", "kites", [], "hobbies", "red", {"red": 1.0}, "train", False, RED, None),
 ]
 NOUN_OF_PLURAL = {r[2]: r[1] for r in TABLE}
 NOUNS = {r[1] for r in TABLE}
@@ -103,7 +104,11 @@ def world(tmp_path_factory):
     for k, (path, noun, plural, groups, top, colour, shares, split, photo, rgb, rgb2) in enumerate(TABLE):
         p = stamps / path
         p.parent.mkdir(parents=True, exist_ok=True)
-        cv2.imwrite(str(p), cv2.cvtColor(_stamp_image(rgb, rgb2, k), cv2.COLOR_RGBA2BGRA))
+        if p.suffix == ".svg":  # a drawn stamp, sized in pt without a viewBox like the old tuxpaint SVGs
+            p.write_text('<svg xmlns="http://www.w3.org/2000/svg" width="60pt" height="40pt">'
+                         f'<ellipse cx="30" cy="20" rx="28" ry="18" fill="rgb{rgb}"/></svg>')
+        else:
+            cv2.imwrite(str(p), cv2.cvtColor(_stamp_image(rgb, rgb2, k), cv2.COLOR_RGBA2BGRA))
         p.with_suffix(".txt").write_text(f"A {noun}.\nfr.utf8=Un {noun}.\n")
         entries.append({"path": path, "noun": noun, "plural": plural, "groups": groups, "top": top,
                         "photographic": photo, "colour": colour, "colour_shares": shares,
@@ -360,7 +365,8 @@ def test_manifest_facts_and_plurals():
     stamps = load_manifest()  # the committed manifest: facts only, readable without the packages
     assert len(stamps) >= 200 and len({s.noun for s in stamps}) >= 100
     for s in stamps:
-        assert not s.path.startswith("/") and s.path.endswith(".png")
+        assert not s.path.startswith("/") and s.path.endswith((".png", ".svg"))
+        assert s.photographic or s.path.endswith(".svg") or "/cartoon/" in s.path
         assert s.split in ("train", "testA") and s.top and s.noun not in s.groups
         assert s.colour is None or s.colour in COLOURS
     held = [s for s in stamps if s.split == "testA"]
@@ -453,9 +459,11 @@ def test_determinism_and_splits(world):
         for i in range(30):
             used = {o.stamp for o in ds.scene(i).objects}
             assert bool(used & held) == (split == "testA"), (split, i)
-    # photographs only: the drawn bus never appears
+    # photographs only: the drawn bus and the SVG kite never appear; by default they do
     ph = make(world, "val", photographic_only=True)
     assert all(TABLE[o.stamp][8] for i in range(40) for o in ph.scene(i).objects)
+    drawn = {TABLE[o.stamp][1] for i in range(80) for o in make(world, "val").scene(i).objects if not TABLE[o.stamp][8]}
+    assert drawn == {"bus", "kite"}
 
 
 def test_determinism_in_another_process(world):

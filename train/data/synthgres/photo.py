@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -154,12 +155,50 @@ def find_background_files(background_dirs: tuple[str, ...] | list[str] | None = 
     return sorted(out)
 
 
+SVG_LONGEST = 384  # drawn (SVG) stamps are rasterised once at this longer side, then cached like PNGs
+
+
+def render_svg(path: Path, longest: int = SVG_LONGEST) -> np.ndarray:
+    """Rasterise an SVG stamp with resvg (PyPI `resvg-py`) so that its longer side is `longest` px.
+
+    Returns (H, W, 4) uint8 RGBA.
+
+    Raises:
+        PhotoWorldUnavailable: resvg-py is not installed, or the file cannot be rendered.
+    """
+    try:
+        import resvg_py
+    except ImportError as exc:  # pragma: no cover - requirements.txt installs it
+        raise PhotoWorldUnavailable("drawn (SVG) stamps need the SVG renderer: pip install resvg-py") from exc
+    try:
+        text = Path(path).read_text(encoding="utf-8", errors="replace")
+        # Old Sodipodi drawings size the root in "pt" without a viewBox, which resvg rejects; their
+        # coordinates are in user units of that size, so the unit is simply dropped.
+        root = re.search(r"<svg\b[^>]*>", text)
+        if root and "viewBox" not in root.group(0):
+            fixed = re.sub(r'((?:width|height)="[0-9.]+)pt"', r'\1"', root.group(0))
+            text = text[:root.start()] + fixed + text[root.end():]
+        png = resvg_py.svg_to_bytes(svg_string=text, width=longest, skip_system_fonts=True)
+        im = cv2.imdecode(np.frombuffer(bytes(png), np.uint8), cv2.IMREAD_UNCHANGED)
+        if im is not None and im.shape[0] > im.shape[1]:  # portrait: the height is the longer side
+            png = resvg_py.svg_to_bytes(svg_string=text, height=longest, skip_system_fonts=True)
+            im = cv2.imdecode(np.frombuffer(bytes(png), np.uint8), cv2.IMREAD_UNCHANGED)
+    except (ValueError, OSError) as exc:
+        raise PhotoWorldUnavailable(f"cannot render {path}: {exc}") from exc
+    if im is None:
+        raise PhotoWorldUnavailable(f"cannot render {path}")
+    return cv2.cvtColor(im, cv2.COLOR_BGRA2RGBA)
+
+
 def read_rgba(path: Path) -> np.ndarray:
-    """(H, W, 4) uint8 RGBA of an image file (grey / RGB get an opaque alpha; 16-bit is reduced).
+    """(H, W, 4) uint8 RGBA of an image file (grey / RGB get an opaque alpha; 16-bit is reduced;
+    SVG is rasterised with `render_svg`).
 
     Raises:
         PhotoWorldUnavailable: the file is missing or unreadable.
     """
+    if Path(path).suffix.lower() == ".svg":
+        return render_svg(Path(path))
     im = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
     if im is None:
         raise PhotoWorldUnavailable(f"cannot read {path}; " + _install_hint())
