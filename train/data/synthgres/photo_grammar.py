@@ -12,8 +12,8 @@ rules are those of `grammar.py` (the generator is subclassed, not copied).  What
   a pale flamingo: pixels cannot say whether a person would call it "blue") or still *shows* c on
   >= 10 % of its pixels ("the red car" beside a blue car with red stripes) — so a colour phrase never
   depends on a borderline judgement;
-* no-target kinds: a deceptive combination (the colour and the noun both occur, not together, or
-  a size that the noun does not have here), an absent noun — preferably from the same taxonomy as
+* no-target kinds: a deceptive combination (the colour and the noun both occur, not together —
+  "the green car" beside a red car and a green apple — or a size the noun does not have here), an absent noun — preferably from the same taxonomy as
   the scene's objects ("the zebra" among farm animals) — or absent taxonomy word, and a spatial
   contradiction;
 * testA focus: expressions about the held-out stamps (a *different* pig).
