@@ -1,6 +1,7 @@
 """Evaluate an MABP checkpoint on SynthGRES, gRefCOCO or RefCOCO/+/g with the official protocol (§4).
 
     python -m train.evaluate --checkpoint runs/x/best.pt --dataset synthgres --split val
+    python -m train.evaluate --checkpoint C --dataset synthgres --world photo --split testA   # real objects
     python -m train.evaluate --checkpoint C --dataset grefcoco --split val --root datasets
     python -m train.evaluate --checkpoint C --dataset grefcoco --split val --root <a SynthGRES export>
 
@@ -42,9 +43,10 @@ from train.collate import Collator
 from train.data import DATASET_NAMES, build_dataset
 from train.data.refer_common import DatasetError
 
-# Tag keys broken down when the dataset carries them (SynthGRES has all three; the real loaders only
-# "target", derived from the referred instances).
-BREAKDOWN_KEYS = ("target", "type", "nt_kind")
+# Tag keys broken down when the dataset carries them (SynthGRES has the first three; the real loaders
+# only "target", derived from the referred instances; SynthGRES's photo / mixed worlds add "group", the
+# top-level taxonomy group of the targets — animals, food, vehicles ... — and "world").
+BREAKDOWN_KEYS = ("target", "type", "nt_kind", "group", "world")
 ACC_FAMILIES = ("mabp-code", "rela")
 
 
@@ -275,6 +277,8 @@ def evaluate_model(model: torch.nn.Module, dataset: Any, batch_size: int = 8, nt
                   if any(t.get(key) is not None for t in tags)}
     if "nt_kind" in breakdowns:  # target samples have no nt_kind: their "None" group only repeats them
         breakdowns["nt_kind"].pop("None", None)
+    if "group" in breakdowns:  # mixed world: shapes samples have no taxonomy group ("By world" has them)
+        breakdowns["group"].pop("None", None)
     return {
         "metrics": meter.compute(),
         "breakdowns": breakdowns,
@@ -334,7 +338,8 @@ def is_synthgres_export(dataset: Any) -> bool:
     """True for a gRefCOCO-format folder written by the SynthGRES exporter (its images are named
     synthgres_<split>_<index>.png): the published gRefCOCO rows must not be shown beside it."""
     images = getattr(getattr(dataset, "source", None), "images", None) or {}
-    return any(str(im.get("file_name", "")).startswith("synthgres_") for im in list(images.values())[:16])
+    return any(str(im.get("file_name", "")).startswith(("synthgres_", "synthgres-"))
+               for im in list(images.values())[:16])
 
 
 def published_split_mismatch(dataset: Any, name: str, split: str, split_by: Optional[str] = None) -> Optional[str]:
@@ -378,7 +383,8 @@ def format_report(result: Mapping[str, Any], dataset: str, split: str, acc: str 
            "(TP/(TP+FN+1), TP/(TP+FP+1)); "
            f"ReLA N-acc {_fmt(m['N-acc'])}, T-acc {_fmt(m['T-acc'])} (TP/(TP+FN), TN/(TN+FP)). "
            f"Outcomes TP {m['TP']} FN {m['FN']} FP {m['FP']} TN {m['TN']}."]
-    titles = {"target": "By target tag", "type": "By expression type", "nt_kind": "By no-target kind"}
+    titles = {"target": "By target tag", "type": "By expression type", "nt_kind": "By no-target kind",
+              "group": "By taxonomy group (photo world)", "world": "By world"}
     for key, bd in result["breakdowns"].items():
         out += ["", f"### {titles.get(key, key)}", "", format_breakdown(bd, key=key)]
     if result["per_head_nt"]:
@@ -435,6 +441,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="synthgres only: the generated canvas side (default 320, the benchmark); evaluation "
                         "always happens at the model's S×S")
     p.add_argument("--split-by", default=None, help="refs file variant (refcocog: umd or google)")
+    p.add_argument("--world", choices=("shapes", "photo", "mixed"), default=None,
+                   help="synthgres only: the world (default shapes; photo = real object cut-outs, needs the "
+                        "Debian packages tuxpaint-stamps-default mate-backgrounds gnome-backgrounds)")
+    p.add_argument("--photographic-only", action="store_true",
+                   help="synthgres photo / mixed: photographs only (no drawn stamps)")
     p.add_argument("--acc", choices=ACC_FAMILIES, default="mabp-code",
                    help="which N-acc/T-acc formulas fill the table (both are in results.json)")
     p.add_argument("--workers", type=int, default=0, help="DataLoader workers (image decoding)")
@@ -471,7 +482,13 @@ def _setup(args: argparse.Namespace):
         raise EvalInputError(f"--size applies to synthgres only; {args.dataset} images are evaluated from their "
                              "original resolution squashed to the model size")
     kw: Dict[str, Any] = {}
+    if (args.world is not None or args.photographic_only) and args.dataset != "synthgres":
+        raise EvalInputError("--world / --photographic-only apply to synthgres only")
     if args.dataset == "synthgres":
+        if args.world is not None:
+            kw["world"] = args.world
+        if args.photographic_only:
+            kw["photographic_only"] = True
         from train.data.synthgres import SPLITS
 
         if args.split not in SPLITS:
@@ -492,6 +509,8 @@ def _setup(args: argparse.Namespace):
         raise EvalInputError(str(e)) from None
     except (ValueError, FileNotFoundError) as e:
         raise EvalInputError(f"cannot open {args.dataset} {args.split}: {e}") from None
+    except RuntimeError as e:  # the photo world without its Debian packages: the message says what to install
+        raise EvalInputError(str(e)) from None
     if len(dataset) == 0:
         raise EvalInputError(f"{args.dataset} {args.split} has no samples")
     # The model last: a paper checkpoint takes seconds to load, so cheap input mistakes fail first.
@@ -539,14 +558,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print("note: this folder is a SynthGRES export, so no published gRefCOCO row is shown")
     elif mismatch:
         print(f"note: no published row is shown: {mismatch}")
-    print(format_report(result, args.dataset, args.split, acc=args.acc, split_by=args.split_by,
-                        paper=not export and not mismatch))
-    out_dir = Path(args.out) if args.out else Path("runs") / "eval" / f"{ckpt_path.stem}-{args.dataset}-{args.split}"
+    world = f"-{args.world}" if args.world and args.world != "shapes" else ""
+    report = format_report(result, args.dataset + (f" ({args.world} world)" if world else ""), args.split,
+                           acc=args.acc, split_by=args.split_by, paper=not export and not mismatch)
+    print(report)
+    out_dir = Path(args.out) if args.out else Path("runs") / "eval" / f"{ckpt_path.stem}-{args.dataset}{world}-{args.split}"
     meta = {
         "checkpoint": str(ckpt_path.resolve()),
         "checkpoint_sha256": sha256_file(ckpt_path)[:16],
         "checkpoint_info": {k: ckpt[k] for k in ("step", "epoch", "iteration") if k in ckpt},
-        "dataset": args.dataset, "split": args.split, "root": args.root, "synthgres_export": export,
+        "dataset": args.dataset, "world": args.world, "split": args.split, "root": args.root,
+        "synthgres_export": export,
         "published_split": mismatch is None if args.dataset != "synthgres" else None,
         "model_config": model.cfg.to_dict(),
         "args": vars(args),
@@ -555,7 +577,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                     "no-target from the NT heads only",
     }
     paths = write_results(result, out_dir, meta)
-    print(f"\nwrote {paths['results']} and {paths['per_sample']}")
+    (out_dir / "report.md").write_text(report + "\n", encoding="utf-8")
+    print(f"\nwrote {paths['results']}, {paths['per_sample']} and {out_dir / 'report.md'}")
     return 0
 
 

@@ -6,6 +6,10 @@ By default: floating tensors stored as fp16 (restored to fp32 on load) and weigh
 bit-identical to the installed pretrained packages (frozen MiniLM embeddings and layers, frozen
 EfficientNet-Lite0 stages) left out and re-read from the packages at build time, checked by sha256.
 Optimizer/scheduler state is dropped; the model config and the training config are kept.
+The checkpoint also carries the model's closed **vocabulary** (`mabp.vocabulary.ModelVocabulary`,
+key "vocabulary"): the nouns, colours, taxonomy, spatial and count words of the SynthGRES world it was
+trained on, derived from the training config's data.kwargs.world (shapes / photo / mixed); the app
+uses it to say what the model knows. `--world` sets it for a checkpoint whose config does not say.
 """
 from __future__ import annotations
 
@@ -23,6 +27,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     ap.add_argument("--keep-package-weights", action="store_true",
                     help="store every weight, also those identical to the installed packages")
     ap.add_argument("--max-mb", type=float, default=None, help="fail if the result is larger")
+    ap.add_argument("--world", choices=("shapes", "photo", "mixed"), default=None,
+                    help="store this SynthGRES world's vocabulary (default: from the training config)")
     args = ap.parse_args(argv)
 
     from mabp.registry import build_mabp, load_checkpoint, save_checkpoint
@@ -35,6 +41,15 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 2
     extra = {k: ckpt[k] for k in ("train_config", "step", "best", "converted_from") if k in ckpt}
     extra["exported_from"] = Path(args.src).name
+    from mabp.vocabulary import CHECKPOINT_KEY
+    from train.data.synthgres.world_vocabulary import vocabulary_for_config, world_vocabulary
+
+    vocab = world_vocabulary(args.world) if args.world else vocabulary_for_config(ckpt.get("train_config"))
+    if vocab is not None:
+        extra[CHECKPOINT_KEY] = vocab.to_dict()
+        print(f"vocabulary: worlds {list(vocab.worlds)}, {len(vocab.nouns)} nouns, {len(vocab.colours)} colours")
+    elif CHECKPOINT_KEY in ckpt:
+        extra[CHECKPOINT_KEY] = ckpt[CHECKPOINT_KEY]
     try:
         dst = save_checkpoint(model, args.dst, extra=extra, half=not args.fp32,
                               skip_external=not args.keep_package_weights)

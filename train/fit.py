@@ -58,6 +58,7 @@ def fit(config: Optional[str] = None, overrides: Sequence[str] = (), extra: Opti
 def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     from train.config import ConfigError, load_config
+    from train.data.synthgres.photo import PhotoWorldUnavailable
 
     try:
         if args.print_config:
@@ -76,7 +77,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         except (CheckpointError, RunLockedError, DatasetError) as exc:
             print(f"error: {' '.join(str(exc).split())}", file=sys.stderr)
             return 2
-    except (ConfigError, FileNotFoundError) as exc:
+    except (ConfigError, FileNotFoundError, PhotoWorldUnavailable) as exc:  # the last names the apt packages
         print(f"error: {exc}", file=sys.stderr)
         return 2
     if int(os.environ.get("RANK", "0")) != 0:  # under torchrun, rank 0 speaks for the run

@@ -32,22 +32,40 @@ def main(argv: list[str] | None = None) -> int:
     ex.add_argument("--size", type=_size, default=320, help="canvas: 320 or HxW, e.g. 240x320")
     ex.add_argument("--rle", action="store_true", help="RLE segmentations instead of polygons")
     ex.add_argument("--seed", type=int, default=None, help="base seed (default: the published benchmark)")
+    ex.add_argument("--world", choices=("shapes", "photo", "mixed"), default="shapes",
+                    help="shapes (default), photo (real object cut-outs; needs the Debian packages) or mixed")
+    ex.add_argument("--photographic-only", action="store_true", help="photo/mixed: photographs only")
     sh = sub.add_parser("show", help="print samples")
     sh.add_argument("--split", choices=SPLITS, default="val")
     sh.add_argument("--index", type=int, default=0)
     sh.add_argument("--count", type=int, default=8)
+    sh.add_argument("--world", choices=("shapes", "photo", "mixed"), default="shapes")
     args = parser.parse_args(argv)
 
     if args.cmd == "export":
         from .export import export_split
 
-        summary = export_split(args.split, args.out, num=args.num, size=args.size, rle=args.rle, seed=args.seed)
+        from .photo import PhotoWorldUnavailable
+
+        kw = {"photographic_only": True} if args.photographic_only else {}
+        try:
+            summary = export_split(args.split, args.out, num=args.num, size=args.size, rle=args.rle, seed=args.seed,
+                                   world=args.world, **kw)
+        except PhotoWorldUnavailable as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
         print(f"wrote {summary['refs']} refs ({summary['no_target']} no-target), {summary['images']} images, "
               f"{summary['annotations']} annotations to {args.out}")
         return 0
     from .dataset import SynthGRES
 
-    ds = SynthGRES(args.split)
+    from .photo import PhotoWorldUnavailable
+
+    try:
+        ds = SynthGRES(args.split, world=args.world)
+    except PhotoWorldUnavailable as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     for k in range(args.index, min(args.index + args.count, len(ds))):
         s = ds[k]
         print(f"{k:6d} img {s['image_id']} targets {s['target_ids']!s:14s} {s['tags']['target']:11s} "

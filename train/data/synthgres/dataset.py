@@ -21,13 +21,16 @@ from .scene import Scene, generate_scene
 from .vocab import (DEFAULT_TRAIN_LENGTH, FIXED_SPLIT_LENGTH, IMAGE_ID_STRIDE, REF_ID_STRIDE, SPLIT_CODE,
                     SPLITS)
 
+WORLDS: tuple[str, ...] = ("shapes", "photo", "mixed")
+MIXED_PHOTO_SHARE = 0.5  # mixed world: P(an image is a photo-world scene)
+
 IMAGES_PER_BLOCK = 16
 EXPRESSIONS_PER_BLOCK = 96  # mean 6 expressions per image
 MIN_EXPRESSIONS, MAX_EXPRESSIONS = 4, 8
 DEFAULT_BASE_SEED = 0x5EED_6E5
 
 # Independent random streams per image, so that e.g. changing the grammar does not change scenes.
-_STREAM_SCENE, _STREAM_EXPR, _STREAM_BLOCK = 1, 2, 3
+_STREAM_SCENE, _STREAM_EXPR, _STREAM_BLOCK, _STREAM_WORLD = 1, 2, 3, 4
 
 
 def split_seed(split: str, seed: int | None = None) -> int:
@@ -74,12 +77,35 @@ class SynthGRES:
         length: train: epoch length (default 20,000); fixed splits: an optional prefix <= 2,000.
         epoch: train only — epoch e serves stream samples [e * length, (e + 1) * length).
         cache_size: number of recently used scenes kept in memory.
+        world: "shapes" (the original world, unchanged), "photo" (real object cut-outs on photos;
+            spec /work/shared/design/photo-world.md) or "mixed" (each image is one or the other, 50/50).
+        photographic_only: photo / mixed: paste photographs only (no drawn stamps).
+        stamps_dir, background_dirs: photo / mixed: where the Debian packages' images are (default:
+            $MABP_TUXPAINT_STAMPS / $MABP_BACKGROUNDS, else the Debian install paths).
+        manifest: photo / mixed: a manifest JSON other than the committed one (tests).
 
     `ds[k]` returns the shared sample dict (see `SynthGRES.sample`).
+
+    Raises:
+        ValueError: unknown split / world, bad length.
+        PhotoWorldUnavailable (a RuntimeError): world "photo"/"mixed" without the Debian packages; the
+            message names what to apt-get install.
     """
 
     def __init__(self, split: str, size: int | tuple[int, int] = 320, seed: int | None = None,
-                 length: int | None = None, epoch: int = 0, cache_size: int = 8) -> None:
+                 length: int | None = None, epoch: int = 0, cache_size: int = 8, world: str = "shapes",
+                 photographic_only: bool = False, stamps_dir: str | None = None,
+                 background_dirs: tuple[str, ...] | list[str] | None = None, manifest: str | None = None) -> None:
+        if world not in WORLDS:
+            raise ValueError(f"unknown SynthGRES world {world!r}; expected one of {WORLDS}")
+        self.world = world
+        self.photographic_only = bool(photographic_only)
+        self.assets = self.lexicon = None
+        if world != "shapes":
+            from .photo import get_assets
+
+            self.assets = get_assets(stamps_dir, tuple(background_dirs) if background_dirs else None, manifest)
+            self.lexicon = self.assets.lexicon(self.photographic_only)
         self.split = split
         self.seed_value = split_seed(split, seed)
         self.size = _parse_size(size)
@@ -142,8 +168,9 @@ class SynthGRES:
         return self.code * REF_ID_STRIDE + int(index)
 
     def file_name(self, image_index: int) -> str:
-        """PNG file name used by the exporter."""
-        return f"synthgres_{self.split}_{int(image_index):07d}.png"
+        """PNG file name used by the exporter (photo / mixed worlds: synthgres-<world>_...)."""
+        prefix = "synthgres" if self.world == "shapes" else f"synthgres-{self.world}"
+        return f"{prefix}_{self.split}_{int(image_index):07d}.png"
 
     # -- content -------------------------------------------------------------------------------
     def _entry(self, image_index: int) -> list:
@@ -155,13 +182,25 @@ class SynthGRES:
         if hit is not None:
             self._cache.move_to_end(image_index)
             return hit
-        scene = generate_scene(np.random.default_rng([self.seed_value, image_index, _STREAM_SCENE]),
-                               self.size, self.split)
+        rng = np.random.default_rng([self.seed_value, image_index, _STREAM_SCENE])
+        if self.image_world(image_index) == "photo":
+            from .photo_scene import generate_photo_scene
+
+            scene = generate_photo_scene(rng, self.assets, self.size, self.split, self.photographic_only)
+        else:
+            scene = generate_scene(rng, self.size, self.split)
         entry = [scene, None]
         self._cache[image_index] = entry
         if len(self._cache) > self._cache_size:
             self._cache.popitem(last=False)
         return entry
+
+    def image_world(self, image_index: int) -> str:
+        """"shapes" or "photo": the world of one image (mixed: drawn per image from its own stream)."""
+        if self.world != "mixed":
+            return self.world
+        u = np.random.default_rng([self.seed_value, int(image_index), _STREAM_WORLD]).random()
+        return "photo" if u < MIXED_PHOTO_SHARE else "shapes"
 
     def scene(self, image_index: int) -> Scene:
         """The Scene object of an image (objects, masks, background, rendering)."""
@@ -172,7 +211,13 @@ class SynthGRES:
         entry = self._entry(image_index)
         if entry[1] is None:
             rng = np.random.default_rng([self.seed_value, int(image_index), _STREAM_EXPR])
-            entry[1] = generate_expressions(entry[0], rng, self.num_expressions(image_index), self.split)
+            if entry[0].world == "photo":
+                from .photo_grammar import generate_photo_expressions
+
+                entry[1] = generate_photo_expressions(entry[0], rng, self.num_expressions(image_index),
+                                                      self.lexicon, self.assets.stamps, self.split)
+            else:
+                entry[1] = generate_expressions(entry[0], rng, self.num_expressions(image_index), self.split)
         return entry[1]
 
     def sample(self, index: int) -> dict[str, Any]:
@@ -183,6 +228,9 @@ class SynthGRES:
             image (H, W, 3) uint8 RGB, mask (H, W) bool (union of the targets' visible pixels),
             sentence str, no_target bool, target_ids list[int], tags {target, type, nt_kind},
             image_id int, ref_id int, sent_id int, split str
+
+        Photo / mixed worlds add two tags: "world" ("shapes" / "photo") and "group" (the top-level
+        taxonomy group of the targets — animals, food, ... — "several", or None for shapes images).
         """
         index = int(index)
         if index < 0 or (self.split != "train" and index >= FIXED_SPLIT_LENGTH):
@@ -191,13 +239,22 @@ class SynthGRES:
         scene = self.scene(image_index)
         e = self.expressions(image_index)[slot]
         rid = self.ref_id(index)
+        tags = dict(e.tags)
+        if self.world != "shapes":
+            tags["world"] = scene.world
+            if scene.world == "photo":
+                from .photo_grammar import photo_target_group
+
+                tags["group"] = photo_target_group(scene, e, self.lexicon)
+            else:
+                tags["group"] = None
         return {
             "image": scene.image.copy(),  # a copy: callers may augment in place, the cache must survive
             "mask": scene.union_mask(e.target_ids),
             "sentence": e.sentence,
             "no_target": len(e.target_ids) == 0,
             "target_ids": list(e.target_ids),
-            "tags": dict(e.tags),
+            "tags": tags,
             "image_id": self.image_id(image_index),
             "ref_id": rid,
             "sent_id": rid,
@@ -230,7 +287,8 @@ class SynthGRES:
         return last - first + 1
 
     def __repr__(self) -> str:
-        return f"SynthGRES(split={self.split!r}, size={self.size}, len={self.length}, epoch={self.epoch})"
+        w = "" if self.world == "shapes" else f", world={self.world!r}"
+        return f"SynthGRES(split={self.split!r}, size={self.size}, len={self.length}, epoch={self.epoch}{w})"
 
 
 _DATASETS: dict[tuple[str, tuple[int, int], int | None], SynthGRES] = {}
@@ -247,19 +305,60 @@ def generate_sample(split: str, index: int, size: int | tuple[int, int] = 320, s
 
 def describe_scene_expressions(scene: Scene, rng: np.random.Generator, n: int = 6,
                                split: str = "train") -> list[tuple[str, list[int], dict[str, str | None]]]:
-    """Suggest n evaluated expressions for any scene: [(sentence, target_ids, tags), ...]."""
-    exprs = generate_expressions(scene, rng, n, split) if split in ("testA", "testB") else \
-        ExpressionGenerator(scene, rng, BASE_PROFILE).generate(n)
+    """Suggest n evaluated expressions for any scene (shapes or photo world):
+    [(sentence, target_ids, tags), ...].
+
+    Raises:
+        PhotoWorldUnavailable: a photo scene while the photo world's packages are missing.
+    """
+    if getattr(scene, "world", "shapes") == "photo":
+        from .photo import get_assets
+        from .photo_grammar import PHOTO_PROFILES, PhotoExpressionGenerator, generate_photo_expressions
+
+        assets = get_assets()
+        lexicon = assets.lexicon()
+        exprs = generate_photo_expressions(scene, rng, n, lexicon, assets.stamps, split) \
+            if split in ("testA", "testB") else PhotoExpressionGenerator(scene, rng, lexicon, PHOTO_PROFILES["train"]).generate(n)
+    else:
+        exprs = generate_expressions(scene, rng, n, split) if split in ("testA", "testB") else \
+            ExpressionGenerator(scene, rng, BASE_PROFILE).generate(n)
     return [(e.sentence, list(e.target_ids), dict(e.tags)) for e in exprs]
 
 
-def random_scene(seed: int, size: int | tuple[int, int] = 320, n: int = 6
+def random_scene(seed: int, size: int | tuple[int, int] = 320, n: int = 6, world: str = "shapes"
                  ) -> tuple[np.ndarray, Scene, list[tuple[str, list[int], dict[str, str | None]]]]:
     """For the app's "new random scene" button: (image, scene, suggestions) from a user seed.
 
-    Scenes follow the train distribution (held-out testA pairs never appear), so a model trained on
-    SynthGRES sees familiar combinations.
+    Args:
+        seed: any int; the result is a pure function of (seed, size, n, world).
+        size: canvas, int or (height, width).
+        n: number of suggested expressions.
+        world: "shapes" (default, unchanged), "photo" (real object cut-outs) or "mixed" (the seed
+            picks one of the two).
+
+    Returns:
+        image (H, W, 3) uint8 RGB, the Scene (scene.world says which world), and n suggestions
+        [(sentence, target_ids, tags), ...] whose target sets are evaluated on the scene.
+
+    Scenes follow the train distribution (held-out testA pairs / stamps never appear), so a model
+    trained on SynthGRES sees familiar combinations.
+
+    Raises:
+        ValueError: unknown world.
+        PhotoWorldUnavailable (a RuntimeError): world "photo" / "mixed" without the Debian packages;
+            the message names the packages to apt-get install.
     """
-    scene = generate_scene(np.random.default_rng([int(seed), 0xA99]), size, "train")
+    if world not in WORLDS:
+        raise ValueError(f"unknown SynthGRES world {world!r}; expected one of {WORLDS}")
+    if world == "mixed":
+        world = "photo" if np.random.default_rng([int(seed), 0xA99, 2]).random() < MIXED_PHOTO_SHARE else "shapes"
+    rng = np.random.default_rng([int(seed), 0xA99])
+    if world == "photo":
+        from .photo import get_assets
+        from .photo_scene import generate_photo_scene
+
+        scene = generate_photo_scene(rng, get_assets(), size, "train")
+    else:
+        scene = generate_scene(rng, size, "train")
     suggestions = describe_scene_expressions(scene, np.random.default_rng([int(seed), 0xA99, 1]), n)
     return scene.image.copy(), scene, suggestions

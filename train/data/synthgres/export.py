@@ -87,7 +87,32 @@ def mask_to_rle(mask: np.ndarray) -> dict[str, Any]:
     return {"size": [int(v) for v in rle["size"]], "counts": rle["counts"]}
 
 
-def _annotation(obj: Any, ann_id: int, image_id: int, rle: bool) -> dict[str, Any]:
+def world_categories(ds: SynthGRES) -> tuple[list[dict[str, Any]], dict[str, int]]:
+    """COCO categories of a dataset's world: the 8 shapes (ids 1-8, as always), then for the photo /
+    mixed worlds one category per photo noun (ids 9..., sorted by noun, supercategory = top group)."""
+    cats, ids = list(CATEGORIES), dict(CATEGORY_ID)
+    if ds.world != "shapes":
+        tops = {}
+        for st in ds.assets.stamps:
+            tops.setdefault(st.noun, st.top)
+        for noun in sorted(tops):
+            ids[noun] = len(cats) + 1
+            cats.append({"id": ids[noun], "name": noun, "supercategory": tops[noun]})
+    return cats, ids
+
+
+def _attributes(obj: Any) -> dict[str, Any]:
+    """Extra per-annotation facts (ignored by COCO / gRefCOCO loaders) that keep the scene inspectable."""
+    if hasattr(obj, "noun"):  # photo world
+        return {"noun": obj.noun, "groups": list(obj.groups), "colour": obj.colour, "size": obj.size,
+                "center": [round(obj.cx, 2), round(obj.cy, 2)], "z": obj.z, "stamp": int(obj.stamp),
+                "flip": bool(obj.flip)}
+    return {"shape": obj.shape, "colour": obj.colour, "size": obj.size,
+            "center": [round(obj.cx, 2), round(obj.cy, 2)], "z": obj.z}
+
+
+def _annotation(obj: Any, ann_id: int, image_id: int, rle: bool,
+                category_id: dict[str, int] = CATEGORY_ID) -> dict[str, Any]:
     vis = obj.visible_mask
     ys, xs = np.nonzero(vis)
     x0, y0, x1, y1 = int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1
@@ -96,11 +121,10 @@ def _annotation(obj: Any, ann_id: int, image_id: int, rle: bool) -> dict[str, An
     else:
         seg = mask_to_polygons(vis[y0:y1, x0:x1], offset=(x0, y0))
     return {
-        "id": ann_id, "image_id": image_id, "category_id": CATEGORY_ID[obj.shape], "segmentation": seg,
+        "id": ann_id, "image_id": image_id, "category_id": category_id[obj.shape], "segmentation": seg,
         "area": int(len(xs)), "bbox": [float(x0), float(y0), float(x1 - x0), float(y1 - y0)], "iscrowd": 0,
         # Extra fields (ignored by COCO / gRefCOCO loaders) that keep the scene inspectable.
-        "synthgres_attributes": {"shape": obj.shape, "colour": obj.colour, "size": obj.size,
-                                 "center": [round(obj.cx, 2), round(obj.cy, 2)], "z": obj.z},
+        "synthgres_attributes": _attributes(obj),
     }
 
 
@@ -125,21 +149,27 @@ def _load_existing(out_dir: str, split: str) -> tuple[dict[str, Any] | None, lis
 
 
 def export_split(split: str, out_dir: str, num: int | None = None, size: int | tuple[int, int] = 320,
-                 rle: bool = False, seed: int | None = None, progress: bool = True) -> dict[str, int]:
+                 rle: bool = False, seed: int | None = None, progress: bool = True, world: str = "shapes",
+                 **dataset_kwargs: Any) -> dict[str, int]:
     """Write `num` expressions of a split (default: the whole fixed split / one train epoch).
+
+    `world` ("shapes" / "photo" / "mixed") and `dataset_kwargs` (e.g. photographic_only, stamps_dir)
+    go to SynthGRES.  Photo-world categories are the nouns (see `world_categories`); one export
+    folder should hold one world (the categories list is rewritten by each export).
 
     Returns a summary {"images", "annotations", "refs", "no_target"}.
     """
     from tqdm import tqdm
 
-    ds = SynthGRES(split, size=size, seed=seed, length=num)
+    ds = SynthGRES(split, size=size, seed=seed, length=num, world=world, **dataset_kwargs)
+    categories, category_id = world_categories(ds)
     n = len(ds)
     os.makedirs(os.path.join(out_dir, "images"), exist_ok=True)
     inst, refs = _load_existing(out_dir, split)
     if inst is None:
         inst = {"images": [], "annotations": []}
     inst["info"] = {"description": f"{INFO_TAG} (procedurally generated GRES benchmark)", "version": "1.0"}
-    inst["categories"] = CATEGORIES
+    inst["categories"] = categories
 
     new_files: set[str] = set()
     n_images = ds.num_images()
@@ -155,7 +185,7 @@ def export_split(split: str, out_dir: str, num: int | None = None, size: int | t
         ann_ids = []
         for obj in scene.objects:
             ann_id = image_id * 10 + obj.index  # <= 8 objects per image, so ids never collide
-            inst["annotations"].append(_annotation(obj, ann_id, image_id, rle))
+            inst["annotations"].append(_annotation(obj, ann_id, image_id, rle, category_id))
             ann_ids.append(ann_id)
         summary["images"] += 1
         summary["annotations"] += len(scene.objects)
@@ -169,7 +199,7 @@ def export_split(split: str, out_dir: str, num: int | None = None, size: int | t
             refs.append({
                 "ref_id": rid, "image_id": image_id, "split": split,
                 "ann_id": [ann_ids[i] for i in e.target_ids] if not no_target else [-1],
-                "category_id": [CATEGORY_ID[scene.objects[i].shape] for i in e.target_ids] if not no_target else [-1],
+                "category_id": [category_id[scene.objects[i].shape] for i in e.target_ids] if not no_target else [-1],
                 "no_target": no_target,
                 "sentences": [{"sent_id": rid, "sent": e.sentence, "raw": e.sentence, "tokens": e.sentence.split()}],
                 "sent_ids": [rid],
@@ -181,7 +211,8 @@ def export_split(split: str, out_dir: str, num: int | None = None, size: int | t
             summary["no_target"] += int(no_target)
 
     # Drop stale images of this split (e.g. from an earlier, larger export).
-    for path in glob.glob(os.path.join(out_dir, "images", f"synthgres_{split}_*.png")):
+    prefix = ds.file_name(0).rsplit("_", 1)[0]  # synthgres_<split> / synthgres-<world>_<split>
+    for path in glob.glob(os.path.join(out_dir, "images", f"{prefix}_*.png")):
         if os.path.basename(path) not in new_files:
             os.remove(path)
     with open(os.path.join(out_dir, "instances.json"), "w") as f:

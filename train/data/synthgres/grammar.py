@@ -209,6 +209,10 @@ class ExpressionGenerator:
         focus: object indices a testA expression should be about (held-out pairs).
     """
 
+    # The attribute filter class; a world with other category semantics (the photo world's nouns and
+    # taxonomy words) substitutes its own, every filter below is built through it.
+    filter_cls: type = Filter
+
     def __init__(self, scene: Scene, rng: np.random.Generator, profile: Profile = BASE_PROFILE,
                  focus: frozenset[int] = frozenset()) -> None:
         self.scene, self.rng, self.profile, self.focus = scene, rng, profile, focus
@@ -217,12 +221,9 @@ class ExpressionGenerator:
         # Attribute lexicon of the scene: every filter built from a subset of some object's attributes.
         table: dict[Filter, frozenset[int]] = {}
         for o in objs:
-            for use_s in (False, True):
-                for use_c in (False, True):
-                    for use_z in (False, True):
-                        f = Filter(o.shape if use_s else None, o.colour if use_c else None, o.size if use_z else None)
-                        if f not in table:
-                            table[f] = f.select(objs)
+            for f in self.object_filters(o):
+                if f not in table:
+                    table[f] = f.select(objs)
         self.filters = table
         self.filter_list = sorted(table, key=lambda f: (f.shape or "", f.colour or "", f.size or ""))
         self.unique: dict[int, list[Filter]] = {o.index: [] for o in objs}
@@ -237,6 +238,15 @@ class ExpressionGenerator:
         self.used: set[str] = set()
         self._need_focus = False
         self._plural: list[Filter] | None = None
+
+    def object_filters(self, o) -> list[Filter]:
+        """Every filter naming a subset of one object's attributes (its lexicon entries)."""
+        return [Filter(o.shape if use_s else None, o.colour if use_c else None, o.size if use_z else None)
+                for use_s in (False, True) for use_c in (False, True) for use_z in (False, True)]
+
+    def generic(self, f: Filter) -> bool:
+        """True when a filter names no category (so it can cover several categories)."""
+        return f.shape is None
 
     # -- small random helpers ------------------------------------------------------------------
     def _choice(self, items: list | tuple, weights: list[float] | None = None):
@@ -477,9 +487,9 @@ class ExpressionGenerator:
             if len(s) < 2:
                 return False
             if want == "multi-same":
-                return f.shape is not None or len(s) >= 3
+                return not self.generic(f) or len(s) >= 3
             if want == "multi-mixed":
-                return f.shape is None and len(s) >= 3
+                return self.generic(f) and len(s) >= 3
             return True
 
         fl = self._plural_with(base_ok)
@@ -498,7 +508,7 @@ class ExpressionGenerator:
                 return None
             k = 1 if len(extra_opts) == 1 or self.rng.random() < 0.75 else 2
             chosen = [extra_opts[int(i)] for i in self.rng.choice(len(extra_opts), size=k, replace=False)]
-            extra = Filter(**{a: getattr(oe, a) for a in chosen})
+            extra = self.filter_cls(**{a: getattr(oe, a) for a in chosen})
             fe = fb.refine(extra)
             excl_set = self.filters.get(fe, fe.select(self.scene.objects))
             if not excl_set or excl_set >= base:
@@ -524,18 +534,18 @@ class ExpressionGenerator:
     def gen_group(self, want: str) -> _Draft | None:
         """"everything yellow", "everything small", "all the shapes on the right half"."""
         r = self.rng.random()
-        if r < 0.3:
+        if r < 0.3 and self.colours:  # (a photo scene may have no object with a colour word)
             c = self._choice(sorted(self.colours))
-            node: Node = Attr(Filter(colour=c))
+            node: Node = Attr(self.filter_cls(colour=c))
             text = f"everything {c}"
         elif r < 0.4:
             z = self._choice(sorted(self.sizes))
-            node = Attr(Filter(size=z))
+            node = Attr(self.filter_cls(size=z))
             text = f"everything {self._choice(SIZE_WORDS[z])}"
         else:
             region = self._region()
             if want == "single" or self.rng.random() < 0.4:
-                f = Filter()
+                f = self.filter_cls()
             else:
                 fl = self._plural_with(lambda f, s: f.n_attrs == 1 and f.size is None)
                 if not fl:
@@ -630,6 +640,8 @@ class ExpressionGenerator:
             if anc is None:
                 return None
             a, fa = anc
+            if len(self.all) < 2:  # (photo scenes may hold a single object)
+                return None
             t = self._pick_object(self.all - {a})
             fl = [f for f in self.filter_list if t in self.filters[f] and self.filters[f] - {a}]
             f = self._choice(fl)
@@ -654,7 +666,7 @@ class ExpressionGenerator:
         if typ == "group":
             rp = self._choice(REGION_PHRASES[region])
             if self.rng.random() < 0.4:
-                return _Draft(f"everything {rp}", Region(Filter(), region), _nt)
+                return _Draft(f"everything {rp}", Region(self.filter_cls(), region), _nt)
             fl = self._sets_with(lambda f, s: len(s) >= 1 and f.n_attrs == 1 and f.size is None)
             f = self._choice(fl)
             return _Draft(f"{self._choice(('all the', 'the'))} {self.core(f, True)} {rp}", Region(f, region), _nt)

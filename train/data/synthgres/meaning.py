@@ -51,8 +51,8 @@ class Filter:
 
     def refine(self, other: "Filter") -> "Filter":
         """Conjunction of two filters (other's constraints override; callers never let them clash)."""
-        return Filter(shape=other.shape or self.shape, colour=other.colour or self.colour,
-                      size=other.size or self.size)
+        return type(self)(shape=other.shape or self.shape, colour=other.colour or self.colour,
+                          size=other.size or self.size)
 
 
 @dataclass(frozen=True)

@@ -123,6 +123,7 @@ class Scene:
     background_kind: str
     n_blobs: int
     image: np.ndarray  # (H, W, 3) uint8 RGB, the final rendering
+    world: str = "shapes"  # "shapes" or "photo" (objects are SceneObject or photo_scene.PhotoObject)
 
     @property
     def margin(self) -> float:
