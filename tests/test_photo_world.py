@@ -1,4 +1,4 @@
-"""Tests for the SynthGRES photo world (spec /work/shared/design/photo-world.md).
+"""Tests for the SynthGRES photo world (README, "The SynthGRES photo world").
 
 No Debian package is needed: a fixture writes tiny RGBA cut-outs with caption files into a temporary
 folder with the real tuxpaint layout (<category>/<sub>/NAME.png + NAME.txt), a background photo, and

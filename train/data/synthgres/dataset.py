@@ -78,7 +78,7 @@ class SynthGRES:
         epoch: train only — epoch e serves stream samples [e * length, (e + 1) * length).
         cache_size: number of recently used scenes kept in memory.
         world: "shapes" (the original world, unchanged), "photo" (real object cut-outs on photos;
-            spec /work/shared/design/photo-world.md) or "mixed" (each image is one or the other, 50/50).
+            README "The SynthGRES photo world") or "mixed" (each image is one or the other, 50/50).
         photographic_only: photo / mixed: paste photographs only (no drawn stamps).
         stamps_dir, background_dirs: photo / mixed: where the Debian packages' images are (default:
             $MABP_TUXPAINT_STAMPS / $MABP_BACKGROUNDS, else the Debian install paths).

@@ -1,6 +1,6 @@
 """Assets of the SynthGRES photo world: the stamp manifest, stamp / background loading and caching.
 
-The photo world (spec: /work/shared/design/photo-world.md) pastes photographic cut-outs from Debian's
+The photo world (README, "The SynthGRES photo world") pastes photographic cut-outs from Debian's
 `tuxpaint-stamps-default` (RGBA PNGs: alpha = exact mask) onto photo backgrounds from
 `mate-backgrounds` / `gnome-backgrounds` and SynthGRES's procedural backgrounds.  Nothing of these
 packages is committed: the committed manifest (`photo_manifest.json`) only records facts about the

@@ -1,4 +1,4 @@
-"""Scene generation for the SynthGRES photo world (spec: /work/shared/design/photo-world.md).
+"""Scene generation for the SynthGRES photo world (README, "The SynthGRES photo world").
 
 A scene is a background (a random crop of a background photo, flipped / blurred, or SynthGRES's
 procedural low-saturation background) with 1-6 cut-outs (5-8 in testB) pasted on it.  Each cut-out
