@@ -631,3 +631,18 @@ def test_evaluation_breaks_down_by_taxonomy_group(world, tmp_path):
     assert "### By taxonomy group (photo world)" in report and "### By world" in report
     assert evaluate_main(["--checkpoint", str(tmp_path / "missing.pt"), "--dataset", "grefcoco", "--split", "val",
                           "--world", "photo"]) == 2
+
+
+def test_packed_assets_give_identical_samples(world, tmp_path):
+    from train.data.synthgres.photo import pack_assets
+
+    stamps, bg, manifest = world
+    src = PhotoAssets(stamps, (bg,), manifest)
+    r = pack_assets(tmp_path / "pack", src)
+    assert r["stamps"] == len(TABLE) and r["backgrounds"] == 1
+    packed = SynthGRES("val", world="photo", stamps_dir=str(tmp_path / "pack" / "stamps"),
+                       background_dirs=(str(tmp_path / "pack" / "backgrounds"),), manifest=manifest)
+    orig = make(world, "val")
+    for k in (0, 50, 400):
+        a, b = orig[k], packed[k]
+        assert np.array_equal(a["image"], b["image"]) and a["sentence"] == b["sentence"]

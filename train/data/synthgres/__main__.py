@@ -2,6 +2,8 @@
 
     python -m train.data.synthgres export --split val --out DIR [--num N] [--size 320|HxW] [--rle] [--seed S]
     python -m train.data.synthgres show --split val --index 0      # print one sample's text and tags
+    python -m train.data.synthgres export --world photo --split val --out DIR   # the photo world
+    python -m train.data.synthgres pack-photo-assets --out DIR     # its images, for a machine without them
 """
 
 from __future__ import annotations
@@ -35,6 +37,9 @@ def main(argv: list[str] | None = None) -> int:
     ex.add_argument("--world", choices=("shapes", "photo", "mixed"), default="shapes",
                     help="shapes (default), photo (real object cut-outs; needs the Debian packages) or mixed")
     ex.add_argument("--photographic-only", action="store_true", help="photo/mixed: photographs only")
+    pk = sub.add_parser("pack-photo-assets", help="copy the photo world's stamps and backgrounds into a folder "
+                        "(for a machine without the Debian packages)")
+    pk.add_argument("--out", required=True)
     sh = sub.add_parser("show", help="print samples")
     sh.add_argument("--split", choices=SPLITS, default="val")
     sh.add_argument("--index", type=int, default=0)
@@ -58,8 +63,19 @@ def main(argv: list[str] | None = None) -> int:
               f"{summary['annotations']} annotations to {args.out}")
         return 0
     from .dataset import SynthGRES
-
     from .photo import PhotoWorldUnavailable
+
+    if args.cmd == "pack-photo-assets":
+        from .photo import pack_assets
+
+        try:
+            r = pack_assets(args.out)
+        except PhotoWorldUnavailable as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        print(f"wrote {r['stamps']} stamps and {r['backgrounds']} backgrounds ({r['bytes'] / 2**20:.1f} MB) to "
+              f"{args.out}; use them with MABP_TUXPAINT_STAMPS={args.out}/stamps MABP_BACKGROUNDS={args.out}/backgrounds")
+        return 0
 
     try:
         ds = SynthGRES(args.split, world=args.world)

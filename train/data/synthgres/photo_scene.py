@@ -134,8 +134,9 @@ def _pick_stamps(rng: np.random.Generator, n: int, pool: dict[str, list[int]], h
             noun = by_top[theme][int(rng.integers(len(by_top[theme])))]
         else:
             noun = nouns[int(rng.integers(len(nouns)))]
-        if noun in PLURALE_TANTUM and noun in chosen:
-            noun = next(x for x in nouns if x not in chosen or x not in PLURALE_TANTUM)
+        if noun in PLURALE_TANTUM and noun in chosen:  # "the grapes" is one object: never two of them
+            others = [x for x in nouns if x not in PLURALE_TANTUM]
+            noun = others[int(rng.integers(len(others)))]
         chosen.append(noun)
     if split == "testA":  # every testA scene shows at least one held-out stamp of a known noun
         held_nouns = sorted(held)
