@@ -38,6 +38,8 @@ from mabp.image_files import image_digest, load_image
 from mabp.postprocess import NT_RULES
 from mabp.registry import SHIPPED_CHECKPOINT
 
+from .model_card import ModelCard, model_card
+
 log = logging.getLogger("mabp.app")
 
 DEFAULT_CHECKPOINT = SHIPPED_CHECKPOINT
@@ -55,6 +57,7 @@ class LoadedModel:
     trained: bool
     notice: Optional[str]  # shown as a banner when not None
     load_s: float
+    card: Optional[ModelCard] = None  # preset, training data, size, val scores, vocabulary (app/model_card.py)
 
 
 def resolve_checkpoint(cli_value: Optional[str] = None, env: Optional[dict] = None) -> Tuple[Optional[Path], bool]:
@@ -79,14 +82,18 @@ def load_model(checkpoint: Optional[str] = None, fallback_preset: str = "lite", 
     no checkpoint) asks for an untrained preset on purpose, e.g. "tiny" for a quick smoke run.
     """
     from mabp import build_mabp
+    from mabp.registry import load_checkpoint
 
     path, explicit = resolve_checkpoint(checkpoint, env)
     t0 = time.perf_counter()
     if preset and not checkpoint:
         path, explicit, fallback_preset = None, False, preset
     if path is not None and path.is_file():
-        model = build_mabp(checkpoint=path)
+        ckpt = load_checkpoint(path)  # read once: the model and its card come from the same dict
+        model = build_mabp(checkpoint=ckpt)
         source, trained, notice = str(path), True, None
+        card = model_card(ckpt, path)
+        del ckpt
     elif explicit:
         raise FileNotFoundError(f"checkpoint not found: {path} (from --checkpoint or MABP_CHECKPOINT)")
     else:
@@ -95,11 +102,12 @@ def load_model(checkpoint: Optional[str] = None, fallback_preset: str = "lite", 
         model = build_mabp(fallback_preset)
         source, trained = f"preset {fallback_preset} (pretrained encoders, untrained decoder)", False
         notice = UNTRAINED_NOTICE
+        card = model_card(None, preset=fallback_preset, trained=False)
     predictor = MABPPredictor(model, device=device)
     warm_up(predictor)
     load_s = time.perf_counter() - t0
     log.info("model %s loaded in %.1f s (%s, %d px input)", source, load_s, model.cfg.preset, model.cfg.image_size)
-    return LoadedModel(predictor, source, trained, notice, load_s)
+    return LoadedModel(predictor, source, trained, notice, load_s, card)
 
 
 def warm_up(predictor: MABPPredictor) -> None:
