@@ -7,6 +7,9 @@
   * a small LRU of MABPPredictors keyed by image content, all sharing the model: each keeps its own
     encoded image and per-text outputs, so two users on two images do not re-encode each other's
     image on every request, and a threshold change re-uses the cached outputs.
+    Both this LRU and the LRU of decoded uploads are capped by count AND by bytes (`max_bytes`, default
+    DEFAULT_CACHE_BYTES each): a 38 MP photo decodes to 114 MB, so four of them in each cache would
+    hold close to 1 GB. The newest entry is always kept.
 Everything visual (overlays, charts) happens outside the lock.
 
 `ModelThread` runs every torch call of the app (loading included) on ONE long-lived thread. libgomp,
@@ -46,6 +49,27 @@ DEFAULT_CHECKPOINT = SHIPPED_CHECKPOINT
 UNTRAINED_NOTICE = "no trained checkpoint found: predictions are untrained"
 
 ProgressFn = Callable[[float, str], None]
+DEFAULT_CACHE_BYTES = 256 * 2**20  # per cache (decoded uploads; encoded images): ~2 large photos each
+
+
+def _tensor_bytes(obj: Any) -> int:
+    """Bytes of the numpy arrays / torch tensors inside obj (nested lists, tuples and dicts)."""
+    if isinstance(obj, np.ndarray):
+        return int(obj.nbytes)
+    if hasattr(obj, "element_size") and hasattr(obj, "nelement"):
+        return int(obj.element_size() * obj.nelement())
+    if isinstance(obj, dict):
+        return sum(_tensor_bytes(v) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return sum(_tensor_bytes(v) for v in obj)
+    return 0
+
+
+def predictor_bytes(pred: MABPPredictor) -> int:
+    """What one cached predictor holds: the original image, its resized tensor, the cached visual
+    features and the per-text outputs."""
+    return (_tensor_bytes(pred._image) + _tensor_bytes(pred._tensor) + _tensor_bytes(pred._visual)
+            + _tensor_bytes(list(pred._outputs.values())))
 
 
 @dataclass
@@ -158,7 +182,8 @@ class SegmentService:
     calling thread (tests, notebooks).
     """
 
-    def __init__(self, predictor: MABPPredictor, max_images: int = 4, runner: Optional[ModelThread] = None):
+    def __init__(self, predictor: MABPPredictor, max_images: int = 4, runner: Optional[ModelThread] = None,
+                 max_bytes: Optional[int] = None):
         self.model = predictor.model
         self.max_pixels = predictor.max_pixels
         self.max_tokens = predictor.cfg.text.max_tokens if hasattr(predictor.cfg.text, "max_tokens") else None
@@ -168,6 +193,7 @@ class SegmentService:
         self._cache_lock = threading.Lock()  # the small dicts below (never held during a model call)
         self._pool: "OrderedDict[str, MABPPredictor]" = OrderedDict()
         self._max_images = max(1, int(max_images))
+        self.max_bytes = int(max_bytes) if max_bytes else DEFAULT_CACHE_BYTES
         self.set_image_ms: dict = {}
         self.notes: "OrderedDict[str, list]" = OrderedDict()  # digest -> what was converted on input
         self._decoded: "OrderedDict[str, Tuple[np.ndarray, str]]" = OrderedDict()  # file path -> (rgb, digest)
@@ -194,7 +220,8 @@ class SegmentService:
                 self.notes.popitem(last=False)
             if path:
                 self._decoded[path] = (rgb, key)
-                while len(self._decoded) > self._max_images:
+                while len(self._decoded) > 1 and (len(self._decoded) > self._max_images
+                                                  or self.decoded_bytes() > self.max_bytes):
                     self._decoded.popitem(last=False)
         return rgb, key
 
@@ -210,11 +237,24 @@ class SegmentService:
         pred.set_image(rgb)
         self.set_image_ms[key] = pred.set_image_ms
         self._pool[key] = pred
-        while len(self._pool) > self._max_images:
+        self._evict_predictors()
+        return pred, True
+
+    def decoded_bytes(self) -> int:
+        """Bytes held by the cache of decoded uploads."""
+        return sum(int(rgb.nbytes) for rgb, _key in self._decoded.values())
+
+    def pool_bytes(self) -> int:
+        """Bytes held by the encoded images (predictors), outputs cached per text included."""
+        return sum(predictor_bytes(p) for p in self._pool.values())
+
+    def _evict_predictors(self) -> None:
+        """Drop the least recently used predictors beyond the count or byte cap (the newest stays).
+        Called with the model lock held (the predictors' outputs grow during predict)."""
+        while len(self._pool) > 1 and (len(self._pool) > self._max_images or self.pool_bytes() > self.max_bytes):
             old_key, old = self._pool.popitem(last=False)
             old.reset_image()
             self.set_image_ms.pop(old_key, None)
-        return pred, True
 
     def prepare(self, rgb: np.ndarray, key: str, progress: Optional[ProgressFn] = None) -> float:
         """Encode the image now (e.g. right after an upload) so the first expression is fast."""
@@ -260,6 +300,7 @@ class SegmentService:
             cached = text in pred._outputs
             result = pred.predict(text, threshold=threshold, nt_rule=nt_rule, introspect=introspect)
             result.extras["cached"] = cached
+            self._evict_predictors()  # per-text outputs grew
             return result
 
     def cached_texts(self, key: str) -> int:
