@@ -673,7 +673,7 @@ def create_app(predictor: MABPPredictor, notice: Optional[str] = None, source: O
                                    info="first: head 1 (paper numbers) · last: final head · any: any head says none",
                                    elem_id="nt-rule")
                 k = gr.Slider(2, 12, value=4, step=1, label="Prototype clusters k (Prototypes tab)")
-            with gr.Column(scale=2, min_width=360):
+            with gr.Column(scale=2, min_width=360, elem_id="outputs"):
                 banner = gr.HTML(render.status_banner(None), elem_id="status")
                 with gr.Tabs(selected="segmentation"):
                     with gr.Tab("Segmentation", id="segmentation") as t_seg:
