@@ -432,6 +432,9 @@ def word_bar_chart(words: Sequence[str], values: Sequence[float], title: str = "
     ax.invert_yaxis()
     ax.set_xlabel(xlabel, fontsize=CHART_FONT - 1)
     ax.tick_params(axis="x", labelsize=CHART_FONT - 2)
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(4))  # few ticks: long decimals must not run into each other
     if title:
         ax.set_title(title, fontsize=CHART_FONT - 1)
     if len(vals) and float(np.nanmax(vals)) > 0:

@@ -90,11 +90,17 @@ def _progress_fn(progress: Any):
     return call
 
 
-def expected_label(expr: Dict[str, Any]) -> str:
-    """The expected answer of one example expression, in words ("target: objects 1, 3" / "no target")."""
+def expected_label(expr: Dict[str, Any], objects: Optional[List[Dict[str, Any]]] = None) -> str:
+    """The expected answer of one example expression in words: "no target", or "target: " and the
+    objects it covers ("small red circle + large blue heart"; "objects 1, 3" when the scene's objects
+    are not listed)."""
     exp = str(expr.get("expected", "?"))
     ids = expr.get("target_ids")
     if exp == "target" and ids:
+        by_id = {o.get("id"): o for o in (objects or [])}
+        if all(i in by_id for i in ids):
+            names = [" ".join(str(by_id[i].get(k, "")) for k in ("size", "colour", "shape")).strip() for i in ids]
+            return "target: " + " + ".join(names)
         return f"target: object{'s' if len(ids) > 1 else ''} {', '.join(str(i) for i in ids)}"
     return exp
 
@@ -175,7 +181,7 @@ def load_examples(examples_dir: Path = EXAMPLES_DIR, random_scene: Any = None,
         for path, item in items:
             exprs = _expressions(item)
             if rank < len(exprs):
-                rows.append([str(path), exprs[rank]["text"], expected_label(exprs[rank])])
+                rows.append([str(path), exprs[rank]["text"], expected_label(exprs[rank], item.get("objects"))])
                 labels.append(f"{item.get('title', path.stem)}: {exprs[rank]['text']}")
     return rows, labels, chips
 
@@ -433,8 +439,8 @@ class DemoCallbacks:
                                                             "attention mass per image token"))
         words = render.real_words(info.tokens, info.token_mask)
         values = [float(la.language[q, j]) for j, _ in words]
-        bars = render.word_bar_chart([t for _, t in words], values, title=f"Query {q}, layer {i}: attention on each word",
-                                     xlabel="attention mass (share of the query's cross-attention)")
+        bars = render.word_bar_chart([t for _, t in words], values,
+                                     xlabel="attention mass (share of the query's attention)")
         img_mass = float(la.image[q].sum())
         word_mass = float(sum(values))
         pad_mass = max(0.0, float(la.language[q].sum()) - word_mass)
@@ -680,7 +686,8 @@ def create_app(predictor: MABPPredictor, notice: Optional[str] = None, source: O
                         view = gr.Radio(VIEW_CHOICES, value="overlay", show_label=False, elem_id="view",
                                         container=False)
                         overlay = gr.Image(label="The answer (preview, at most 1600 px)", format="png",
-                                           interactive=False, elem_id="overlay", height=420, show_label=False)
+                                           interactive=False, elem_id="overlay", height=420, show_label=False,
+                                           buttons=["fullscreen"])
                         with gr.Row():
                             mask_dl = gr.DownloadButton("Download mask (PNG, original size)", value=None,
                                                         interactive=False, size="sm", elem_id="mask-download")
@@ -697,11 +704,11 @@ def create_app(predictor: MABPPredictor, notice: Optional[str] = None, source: O
                         with gr.Row():
                             with gr.Column(min_width=300):
                                 gr.Markdown("**Regions and their part of the mask** (click to select)")
-                                reg_img = gr.Image(show_label=False, format="png", interactive=False,
+                                reg_img = gr.Image(show_label=False, format="png", interactive=False, buttons=[],
                                                    elem_id="regions-img")
                             with gr.Column(min_width=300):
                                 gr.Markdown("**Prototype similarity** of the selected final region")
-                                reg_sim = gr.Image(show_label=False, format="png", interactive=False,
+                                reg_sim = gr.Image(show_label=False, format="png", interactive=False, buttons=[],
                                                    elem_id="similarity-img")
                         reg_md = gr.Markdown()
                     with gr.Tab("Attention", id="attention") as t_att:
@@ -709,30 +716,30 @@ def create_app(predictor: MABPPredictor, notice: Optional[str] = None, source: O
                         with gr.Row():
                             with gr.Column(min_width=300):
                                 gr.Markdown("**Cross-attention of the selected region query** (click to select)")
-                                att_img = gr.Image(show_label=False, format="png", interactive=False,
+                                att_img = gr.Image(show_label=False, format="png", interactive=False, buttons=[],
                                                    elem_id="attention-img")
                             with gr.Column(min_width=300):
                                 gr.Markdown("**Attention on each word**")
-                                att_bar = gr.Image(show_label=False, format="png", interactive=False,
+                                att_bar = gr.Image(show_label=False, format="png", interactive=False, buttons=[],
                                                    elem_id="words-img")
                         att_md = gr.Markdown()
                     with gr.Tab("Prototypes", id="prototypes") as t_pro:
                         with gr.Row():
                             with gr.Column(min_width=300):
                                 gr.Markdown("**Region prototypes by cluster** (click to select)")
-                                pro_img = gr.Image(show_label=False, format="png", interactive=False,
+                                pro_img = gr.Image(show_label=False, format="png", interactive=False, buttons=[],
                                                    elem_id="clusters-img")
                             with gr.Column(min_width=300):
                                 gr.Markdown("**PCA of the prototypes**")
-                                pro_pca = gr.Image(show_label=False, format="png", interactive=False,
+                                pro_pca = gr.Image(show_label=False, format="png", interactive=False, buttons=[],
                                                    elem_id="pca-img")
                         pro_md = gr.Markdown()
                     with gr.Tab("Language", id="language") as t_lang:
                         word = gr.Dropdown(choices=[], label="Word", allow_custom_value=True)
                         gr.Markdown("**Word weights per region query**")
-                        lang_heat = gr.Image(show_label=False, format="png", interactive=False, elem_id="word-heat")
+                        lang_heat = gr.Image(show_label=False, format="png", interactive=False, buttons=[], elem_id="word-heat")
                         gr.Markdown("**The word's weight on the 4x4 region grid** (click to select)")
-                        lang_map = gr.Image(show_label=False, format="png", interactive=False, elem_id="word-map")
+                        lang_map = gr.Image(show_label=False, format="png", interactive=False, buttons=[], elem_id="word-map")
                         lang_md = gr.Markdown()
         expected = gr.Textbox(visible=False, label="Expected answer")
         if rows:

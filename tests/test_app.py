@@ -63,7 +63,8 @@ def test_ui_builds_with_lean_api_and_notice(demo):
     assert any("scene.png" in r[0] for r in rows)
     # real photos stay out of the gallery until a checkpoint trained on the photo world ships
     assert not any(name in r[0] for r in rows for name in ("astronaut", "coffee", "chelsea"))
-    assert all(r[2] == "no target" or r[2].startswith("target: object") for r in rows)  # expected answer shown
+    assert all(r[2] == "no target" or r[2].startswith("target: ") for r in rows)  # expected answer shown
+    assert ["target: small red circle"] == [r[2] for r in rows if r[1] == "the red circle"]
     assert chips["scene.png"][0] == "the red circle" and len(chips["scene.png"]) >= 3
 
 
