@@ -52,6 +52,28 @@ ProgressFn = Callable[[float, str], None]
 DEFAULT_CACHE_BYTES = 256 * 2**20  # per cache (decoded uploads; encoded images): ~2 large photos each
 
 
+def release_memory() -> bool:
+    """Give freed heap memory back to the system (glibc's malloc_trim). After a large image the
+    allocator keeps freed medium-sized blocks (decode buffers, PNG encodings, resized copies) in its
+    arenas, so the server's RSS ratchets up over a session of large uploads. False where unavailable."""
+    global _MALLOC_TRIM
+    if _MALLOC_TRIM is None:
+        try:
+            import ctypes
+
+            _MALLOC_TRIM = ctypes.CDLL("libc.so.6").malloc_trim
+        except (OSError, AttributeError):
+            _MALLOC_TRIM = False
+    if not _MALLOC_TRIM:
+        return False
+    _MALLOC_TRIM(0)
+    return True
+
+
+_MALLOC_TRIM: Any = None
+LARGE_IMAGE_PIXELS = 4_000_000  # after a request on an image this large, release_memory()
+
+
 def _tensor_bytes(obj: Any) -> int:
     """Bytes of the numpy arrays / torch tensors inside obj (nested lists, tuples and dicts)."""
     if isinstance(obj, np.ndarray):

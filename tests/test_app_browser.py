@@ -180,6 +180,7 @@ def test_non_image_upload_leaves_a_lasting_error_banner(page, tmp_path):
     page.locator("#input-image input[type=file]").set_input_files(str(bad))
     expect(page.locator("#status")).to_contain_text("not an image", timeout=TIMEOUT_MS)
     time.sleep(3)  # lasting: still there, and the old result is gone
+    assert page.locator(".toast-body", has_text="not an image").count() == 1  # the warning shown once
     expect(page.locator("#status")).to_contain_text("not an image")
     expect(page.locator("#status .mabp-error")).to_have_count(1)
     assert page.locator("#overlay img").count() == 0
