@@ -73,7 +73,7 @@ except (CheckpointError, FileNotFoundError) as _exc:  # a bad --checkpoint: one 
 if LOADED.notice:
     log.warning("%s — serving %s", LOADED.notice, LOADED.source)
 demo = create_app(LOADED.predictor, notice=LOADED.notice, source=LOADED.source,
-                  concurrency_limit=ARGS.concurrency, runner=MODEL_THREAD)
+                  concurrency_limit=ARGS.concurrency, runner=MODEL_THREAD, card=LOADED.card)
 
 if __name__ == "__main__":
     demo.launch(**launch_options(ARGS.host, ARGS.port, ARGS.share))

@@ -19,7 +19,10 @@ from mabp.visualize import (MASK_COLOR, blend, draw_boxes, heatmap, label_colors
                             resize_mask)
 
 DISPLAY_MAX_SIDE = 768  # analysis tabs draw on a copy at most this large: a 40 MP heat map is slow and useless
+PREVIEW_MAX_SIDE = 1600  # the on-screen answer; the full-resolution mask is a download
 TILE_SIDE = 160  # head-mask thumbnails
+VIEWS = ("overlay", "mask", "cut-out")
+TINY_MASK_FRACTION = 0.001  # below 0.1 % of the image the banner gives the pixel count
 
 
 # ----------------------------------------------------------------------------------------- sizes
@@ -46,8 +49,89 @@ def scale_boxes(boxes: np.ndarray, scale: float) -> np.ndarray:
 
 # -------------------------------------------------------------------------------- segmentation
 def segmentation_overlay(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """The mask tinted over the image with its contour, at the image's own (original) resolution."""
+    """The mask tinted over the image with its contour, at the image's own resolution (head tiles)."""
     return overlay_mask(image, mask)
+
+
+def _mask_to(mask: np.ndarray, size: Tuple[int, int]) -> np.ndarray:
+    """A bool mask resized to (H, W): area-averaged then thresholded when shrinking (thin parts
+    survive better than with nearest), nearest when the size is the same or larger."""
+    m = np.asarray(mask, dtype=bool)
+    h, w = size
+    if m.shape == (h, w):
+        return m
+    if m.shape[0] > h:
+        return cv2.resize(m.astype(np.uint8) * 255, (w, h), interpolation=cv2.INTER_AREA) >= 96
+    return resize_mask(m, (h, w))
+
+
+def _line_width(size: Tuple[int, int]) -> int:
+    return max(1, int(round(min(size) / 300)))
+
+
+def dim_outside(image: np.ndarray, mask: np.ndarray, keep: float = 0.35) -> np.ndarray:
+    """Everything outside the mask desaturated and darkened to `keep` of its brightness; the mask's
+    pixels untouched. Works on any colour: the object keeps its own colours, the rest turns dark grey."""
+    gray = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY).astype(np.float32)[..., None]
+    dull = (0.8 * gray + 0.2 * image.astype(np.float32)) * keep
+    out = np.where(np.asarray(mask, dtype=bool)[..., None], image, np.round(dull).astype(np.uint8))
+    return out.astype(np.uint8)
+
+
+def double_outline(image: np.ndarray, mask: np.ndarray, width: Optional[int] = None,
+                   ring_small: bool = True) -> np.ndarray:
+    """Outline the mask twice: a dark line under a light one, visible on any colour. A mask too small to
+    find (under ~0.1 % of the image) also gets a ring around it."""
+    out = image.copy()
+    m = np.asarray(mask, dtype=bool)
+    if not m.any():
+        return out
+    t = width or _line_width(m.shape)
+    contours, _ = cv2.findContours(m.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    cv2.drawContours(out, contours, -1, (0, 0, 0), 3 * t, lineType=cv2.LINE_AA)
+    cv2.drawContours(out, contours, -1, (255, 255, 255), t, lineType=cv2.LINE_AA)
+    if ring_small and m.mean() < TINY_MASK_FRACTION:
+        ys, xs = np.nonzero(m)
+        cx, cy = int(xs.mean()), int(ys.mean())
+        r = int(max(np.ptp(xs), np.ptp(ys)) / 2 + 6 * t + 4)
+        cv2.circle(out, (cx, cy), r, (0, 0, 0), 3 * t, lineType=cv2.LINE_AA)
+        cv2.circle(out, (cx, cy), r, (255, 255, 0), t, lineType=cv2.LINE_AA)
+    return out
+
+
+def checkerboard(size: Tuple[int, int], square: int = 16, light: int = 235, dark: int = 200) -> np.ndarray:
+    """(H, W, 3) grey checkerboard: the usual 'transparent' background of a cut-out."""
+    h, w = size
+    yy, xx = np.mgrid[0:h, 0:w]
+    board = np.where(((yy // square) + (xx // square)) % 2 == 0, light, dark).astype(np.uint8)
+    return np.repeat(board[..., None], 3, axis=2)
+
+
+def segmentation_view(image: np.ndarray, mask: np.ndarray, view: str = "overlay",
+                      max_side: int = PREVIEW_MAX_SIDE) -> np.ndarray:
+    """The answer as shown on screen, at most `max_side` px on its long side.
+
+    overlay: outside the mask dimmed and desaturated, the mask in its own colours with a dark + light
+    outline (visible on red, pink, purple... alike); no mask -> the image unchanged.
+    mask: white mask on black. cut-out: the masked pixels on a checkerboard.
+    Unknown views raise ValueError.
+    """
+    if view not in VIEWS:
+        raise ValueError(f"unknown view {view!r}: choose one of {', '.join(VIEWS)}")
+    img, _ = downscale(image, max_side)
+    m = _mask_to(mask, img.shape[:2])
+    if view == "mask":
+        return np.repeat((m.astype(np.uint8) * 255)[..., None], 3, axis=2)
+    if view == "cut-out":
+        return np.where(m[..., None], img, checkerboard(img.shape[:2])).astype(np.uint8)
+    if not m.any():
+        return img.copy()
+    return double_outline(dim_outside(img, m), m)
+
+
+def binary_mask_png_array(mask: np.ndarray) -> np.ndarray:
+    """(H, W) bool -> (H, W) uint8 0/255: the downloadable mask, at the original resolution."""
+    return np.asarray(mask, dtype=bool).astype(np.uint8) * 255
 
 
 def head_mask_tiles(image: np.ndarray, head_masks: Sequence[np.ndarray],
@@ -62,11 +146,26 @@ def head_mask_tiles(image: np.ndarray, head_masks: Sequence[np.ndarray],
     return tiles
 
 
+def area_text(area_fraction: float, pixels: Optional[int] = None) -> str:
+    """'12.3% of the image', or the pixel count when the mask is under 0.1 % (a rounded '0.0%' would
+    read as nothing found)."""
+    if pixels is not None and area_fraction < TINY_MASK_FRACTION:
+        return f"{pixels:,} px"
+    return f"{100.0 * area_fraction:.1f}% of the image"
+
+
 def status_banner(no_target: Optional[bool], nt_prob: float = 0.0, area_fraction: float = 0.0,
-                  nt_rule: str = "any", error: Optional[str] = None, message: Optional[str] = None) -> str:
+                  nt_rule: str = "any", error: Optional[str] = None, message: Optional[str] = None,
+                  pixels: Optional[int] = None, notice: Optional[str] = None) -> str:
     """HTML banner above the result: error, "No target", or what was found. Inline styles only, so
     it looks the same without custom CSS (Gradio 6 moved css to launch()). no_target=None is the idle
-    state, showing `message` (or a default hint)."""
+    state, showing `message` (or a default hint). `pixels`: the mask's pixel count (shown instead of a
+    percentage for tiny masks). `notice`: a warning shown under the answer (e.g. out-of-vocabulary)."""
+    extra = ""
+    if notice:
+        extra = ('<div id="mabp-oov" class="mabp-oov" style="margin-top:6px;padding:8px 12px;border-radius:8px;'
+                 'border:1px solid #b36b00;background:#fff4e0;color:#7a4600;font-weight:600">&#9888; '
+                 + html.escape(notice) + "</div>")
     style = ("padding:10px 14px;border-radius:8px;font-weight:600;font-size:1.05em;"
              "border:1px solid {b};background:{bg};color:{fg}")
     if error:
@@ -79,10 +178,10 @@ def status_banner(no_target: Optional[bool], nt_prob: float = 0.0, area_fraction
         return (f'<div id="mabp-status" class="mabp-no-target" '
                 f'style="{style.format(b="#b36b00", bg="#fff4e0", fg="#7a4600")}">'
                 f"No target: nothing in the image matches the expression "
-                f"(p(no target) = {nt_prob:.2f}, rule &quot;{html.escape(nt_rule)}&quot;)</div>")
+                f"(p(no target) = {nt_prob:.2f}, rule &quot;{html.escape(nt_rule)}&quot;)</div>" + extra)
     return (f'<div id="mabp-status" class="mabp-target" style="{style.format(b="#2a8a3a", bg="#e8f6ea", fg="#165a22")}">'
-            f"Target found: {100.0 * area_fraction:.1f}% of the image "
-            f"(p(no target) = {nt_prob:.2f}, rule &quot;{html.escape(nt_rule)}&quot;)</div>")
+            f"Target found: {area_text(area_fraction, pixels)} "
+            f"(p(no target) = {nt_prob:.2f}, rule &quot;{html.escape(nt_rule)}&quot;)</div>" + extra)
 
 
 def truncation_note(tokens: Sequence[str], num_tokens: int, max_tokens: int) -> str:
@@ -112,6 +211,17 @@ def region_at(boxes: np.ndarray, x: float, y: float) -> int:
         return int(idx[0])
     cx, cy = (b[:, 0] + b[:, 2]) / 2, (b[:, 1] + b[:, 3]) / 2
     return int(np.argmin((cx - x) ** 2 + (cy - y) ** 2))
+
+
+def largest_mask_region(boxes: np.ndarray, share: np.ndarray) -> Optional[int]:
+    """The region holding the most predicted-foreground pixels (share x box area); None when the mask
+    is empty, so the caller can fall back to the image centre."""
+    b = np.asarray(boxes, dtype=np.float64)
+    area = np.clip(b[:, 2] - b[:, 0], 0, None) * np.clip(b[:, 3] - b[:, 1], 0, None)
+    pixels = np.asarray(share, dtype=np.float64) * area
+    if not np.isfinite(pixels).any() or np.nanmax(pixels) <= 0:
+        return None
+    return int(np.nanargmax(pixels))
 
 
 def box_center(boxes: np.ndarray, index: int) -> Tuple[float, float]:
@@ -203,6 +313,88 @@ def cluster_overlay(image: np.ndarray, boxes: np.ndarray, labels: np.ndarray, k:
     return blend(image, paint, alpha)
 
 
+# ------------------------------------------------------------------------------- legends, colour bars
+def _font_scale(width: int) -> float:
+    """Text size for strips under an image: the image is shown scaled to the page (down to ~360 px on
+    a phone), so the text grows with the image width to stay ~9 px tall or more on screen."""
+    return max(0.45, width / 950.0)
+
+
+def _put(img: np.ndarray, text: str, org: Tuple[int, int], scale: float, color=(20, 20, 20)) -> None:
+    cv2.putText(img, text, org, cv2.FONT_HERSHEY_SIMPLEX, scale, color, max(1, int(round(scale * 1.6))),
+                lineType=cv2.LINE_AA)
+
+
+def _text_w(text: str, scale: float) -> int:
+    (w, _), _ = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, max(1, int(round(scale * 1.6))))
+    return w
+
+
+def colorbar_strip(width: int, vmin: float, vmax: float, label: str, colors: str = "inferno") -> np.ndarray:
+    """A white strip with a horizontal colour bar, its end values and `label` (the units), to stack
+    under a heat map of the same width. colors: "inferno" (mabp.visualize.heatmap's map) or
+    "diverging" (diverging_colors: blue negative, white 0, red positive)."""
+    scale = _font_scale(width)
+    line = int(34 * scale) + 6
+    pad = max(6, width // 60)
+    strip = np.full((pad + line + int(18 * scale) + 3 * pad + line, width, 3), 255, np.uint8)
+    _put(strip, label, (pad, pad + line - 6), scale)
+    y0 = pad + line + pad // 2
+    bar_h = max(8, int(18 * scale))
+    ramp = np.linspace(0.0, 1.0, max(2, width - 2 * pad))
+    if colors == "diverging":
+        row = diverging_colors(ramp * 2 - 1, vmax=1.0)
+    else:
+        row = heatmap(ramp[None, :], vmin=0.0, vmax=1.0)[0]
+    strip[y0:y0 + bar_h, pad:pad + len(ramp)] = row[None]
+    lo, hi = f"{vmin:.3g}", f"{vmax:.3g}"
+    ty = y0 + bar_h + line - 4
+    _put(strip, lo, (pad, ty), scale)
+    _put(strip, hi, (width - pad - _text_w(hi, scale), ty), scale)
+    if colors == "diverging":
+        _put(strip, "0", (width // 2 - _text_w("0", scale) // 2, ty), scale)
+    return strip
+
+
+def legend_strip(width: int, items: Sequence[Tuple[Sequence[int], str]], title: str = "") -> np.ndarray:
+    """A white strip with colour swatches and labels (wrapped over as many lines as needed), to stack
+    under an image of the same width. items: (RGB colour, label); a colour of None draws a rainbow
+    swatch ("one colour per region")."""
+    scale = _font_scale(width)
+    line = int(34 * scale) + 8
+    pad = max(6, width // 60)
+    sw = int(24 * scale) + 4
+    rows: List[List[Tuple[Optional[Sequence[int]], str, int]]] = [[]]
+    x = pad + (_text_w(title + "  ", scale) if title else 0)
+    for color, label in items:
+        w = sw + 6 + _text_w(label, scale) + 2 * pad
+        if x + w > width - pad and rows[-1]:
+            rows.append([])
+            x = pad
+        rows[-1].append((color, label, x))
+        x += w
+    strip = np.full((pad + line * len(rows) + pad, width, 3), 255, np.uint8)
+    if title:
+        _put(strip, title, (pad, pad + line - 10), scale, color=(70, 70, 70))
+    for r, row in enumerate(rows):
+        y = pad + r * line
+        for color, label, x in row:
+            y0, y1 = y + 4, y + 4 + sw
+            if color is None:
+                strip[y0:y1, x:x + sw] = label_colors(sw)[None, :, :]
+            else:
+                strip[y0:y1, x:x + sw] = np.asarray(color, np.uint8)
+            cv2.rectangle(strip, (x, y0), (x + sw - 1, y1 - 1), (60, 60, 60), 1)
+            _put(strip, label, (x + sw + 6, y + line - 10), scale)
+    return strip
+
+
+def stack_below(image: np.ndarray, *strips: np.ndarray) -> np.ndarray:
+    """The image with legend / colour-bar strips under it (clicks on the image keep their coordinates)."""
+    parts = [image] + [s for s in strips if s is not None and s.shape[1] == image.shape[1]]
+    return np.ascontiguousarray(np.vstack(parts))
+
+
 # ------------------------------------------------------------------------------------- charts
 def _figure(width_px: int, height_px: int, dpi: int = 100):
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -219,68 +411,90 @@ def _to_rgb(fig) -> np.ndarray:
     return np.ascontiguousarray(rgba[:, :, :3])
 
 
+CHART_FONT = 13  # chart text in points at 100 dpi: charts are ~480-640 px wide and shown down to ~360 px
+
+
 def word_bar_chart(words: Sequence[str], values: Sequence[float], title: str = "",
-                   width: int = 640, height: int = 260) -> np.ndarray:
-    """Bar chart (RGB array) of one value per word, e.g. attention mass on each language token."""
+                   width: int = 560, height: Optional[int] = None, xlabel: str = "attention mass") -> np.ndarray:
+    """Horizontal bar chart (RGB array) of one value per word, words top to bottom in reading order.
+
+    Horizontal so every word label stays full-size however long the expression is: the chart grows
+    taller instead of squeezing the labels (the height follows the number of words)."""
+    n = max(1, len(words))
+    height = height or int(90 + 30 * n + (30 if title else 0))
     fig = _figure(width, height)
     ax = fig.add_subplot(111)
     vals = np.asarray(values, dtype=np.float64)
-    x = np.arange(len(words))
-    ax.bar(x, vals, color="#c0398a")
-    ax.set_xticks(x)
-    ax.set_xticklabels(list(words), rotation=45, ha="right", fontsize=8)
-    ax.set_ylabel("attention")
+    y = np.arange(len(words))
+    ax.barh(y, vals, color="#c0398a")
+    ax.set_yticks(y)
+    ax.set_yticklabels(list(words), fontsize=CHART_FONT)
+    ax.invert_yaxis()
+    ax.set_xlabel(xlabel, fontsize=CHART_FONT - 1)
+    ax.tick_params(axis="x", labelsize=CHART_FONT - 2)
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(4))  # few ticks: long decimals must not run into each other
     if title:
-        ax.set_title(title, fontsize=9)
+        ax.set_title(title, fontsize=CHART_FONT - 1)
     if len(vals) and float(np.nanmax(vals)) > 0:
-        ax.set_ylim(0, float(np.nanmax(vals)) * 1.15)
+        ax.set_xlim(0, float(np.nanmax(vals)) * 1.15)
     fig.tight_layout()
     return _to_rgb(fig)
 
 
 def pca_scatter(pca: np.ndarray, labels: np.ndarray, k: int, highlight: Optional[int] = None,
-                title: str = "", width: int = 420, height: int = 380) -> np.ndarray:
-    """2-D PCA of the prototypes, coloured by cluster; the selected region's prototype ringed."""
+                title: str = "", width: int = 520, height: int = 480) -> np.ndarray:
+    """2-D PCA of the prototypes, coloured by cluster (with a legend); the selected region's prototype ringed."""
     fig = _figure(width, height)
     ax = fig.add_subplot(111)
     pts = np.asarray(pca, dtype=np.float64)
     labels = np.asarray(labels, dtype=np.int64)
     colors = label_colors(max(int(k), 1)).astype(np.float64) / 255.0
-    ax.scatter(pts[:, 0], pts[:, 1], c=colors[np.clip(labels, 0, len(colors) - 1)], s=14, edgecolors="none")
+    for c in range(max(int(k), 1)):
+        sel = labels == c
+        if sel.any():
+            ax.scatter(pts[sel, 0], pts[sel, 1], color=colors[c], s=16, edgecolors="none",
+                       label=f"cluster {c} ({int(sel.sum())})")
     if highlight is not None and 0 <= highlight < len(pts):
-        ax.scatter([pts[highlight, 0]], [pts[highlight, 1]], s=120, facecolors="none", edgecolors="black",
-                   linewidths=1.5)
-    ax.set_xlabel("PC 1")
-    ax.set_ylabel("PC 2")
+        ax.scatter([pts[highlight, 0]], [pts[highlight, 1]], s=140, facecolors="none", edgecolors="black",
+                   linewidths=1.8, label="selected region")
+    ax.set_xlabel("PC 1", fontsize=CHART_FONT - 1)
+    ax.set_ylabel("PC 2", fontsize=CHART_FONT - 1)
+    ax.tick_params(labelsize=CHART_FONT - 3)
+    ax.legend(fontsize=CHART_FONT - 3, loc="best", framealpha=0.85)
     if title:
-        ax.set_title(title, fontsize=9)
+        ax.set_title(title, fontsize=CHART_FONT - 1)
     fig.tight_layout()
     return _to_rgb(fig)
 
 
 def word_weight_heatmap(weights: np.ndarray, tokens: Sequence[str], token_mask: np.ndarray,
-                        highlight_word: Optional[int] = None, width: int = 640,
-                        height: int = 360) -> np.ndarray:
-    """The query generator's raw word weights: regions (rows, 16 = 4x4) x real words (columns)."""
+                        highlight_word: Optional[int] = None, width: int = 600,
+                        height: Optional[int] = None) -> np.ndarray:
+    """The query generator's raw word weights: real words (rows) x region queries (columns, 16 = 4x4),
+    with a colour bar of the signed weight. Words are rows so their labels stay full-size."""
     w = np.asarray(weights, dtype=np.float64)
     keep = np.flatnonzero(np.asarray(token_mask, dtype=bool))
-    sub = w[:, keep]
+    sub = w[:, keep].T  # (words, queries)
+    height = height or int(150 + 30 * max(1, len(keep)))
     fig = _figure(width, height)
     ax = fig.add_subplot(111)
     m = float(np.nanmax(np.abs(sub))) if sub.size and np.isfinite(sub).any() else 1.0
     im = ax.imshow(sub, cmap="RdBu_r", vmin=-m, vmax=m, aspect="auto", interpolation="nearest")
-    ax.set_xticks(np.arange(len(keep)))
-    ax.set_xticklabels([tokens[i] for i in keep], rotation=45, ha="right", fontsize=8)
-    ax.set_yticks(np.arange(sub.shape[0]))
-    n = int(round(np.sqrt(sub.shape[0]))) or 1
-    ax.set_yticklabels([f"r{i // n},{i % n}" for i in range(sub.shape[0])], fontsize=7)
-    ax.set_xlabel("word")
-    ax.set_ylabel("region query (row, col)")
+    ax.set_yticks(np.arange(len(keep)))
+    ax.set_yticklabels([tokens[i] for i in keep], fontsize=CHART_FONT)
+    n = int(round(np.sqrt(sub.shape[1]))) or 1
+    ax.set_xticks(np.arange(sub.shape[1]))
+    ax.set_xticklabels([f"{i // n},{i % n}" for i in range(sub.shape[1])], fontsize=CHART_FONT - 4, rotation=90)
+    ax.set_xlabel("region query (row,col)", fontsize=CHART_FONT - 1)
     if highlight_word is not None and highlight_word in keep:
         j = int(np.flatnonzero(keep == highlight_word)[0])
-        ax.axvline(j - 0.5, color="black", lw=1)
-        ax.axvline(j + 0.5, color="black", lw=1)
-    fig.colorbar(im, ax=ax, fraction=0.04, pad=0.02)
+        ax.axhline(j - 0.5, color="black", lw=1.5)
+        ax.axhline(j + 0.5, color="black", lw=1.5)
+    cb = fig.colorbar(im, ax=ax, fraction=0.05, pad=0.02)
+    cb.set_label("raw word weight (signed)", fontsize=CHART_FONT - 2)
+    cb.ax.tick_params(labelsize=CHART_FONT - 4)
     fig.tight_layout()
     return _to_rgb(fig)
 
@@ -295,5 +509,7 @@ __all__ = [
     "DISPLAY_MAX_SIDE", "MASK_COLOR", "display_scale", "downscale", "scale_boxes", "segmentation_overlay",
     "head_mask_tiles", "status_banner", "truncation_note", "latency_text", "region_at", "box_center",
     "region_owner_map", "region_grid", "map_overlay", "diverging_colors", "region_values_overlay",
-    "cluster_overlay", "word_bar_chart", "pca_scatter", "word_weight_heatmap", "real_words",
+    "cluster_overlay", "word_bar_chart", "pca_scatter", "word_weight_heatmap", "real_words", "PREVIEW_MAX_SIDE",
+    "VIEWS", "segmentation_view", "dim_outside", "double_outline", "checkerboard", "binary_mask_png_array",
+    "area_text", "colorbar_strip", "legend_strip", "stack_below", "largest_mask_region",
 ]

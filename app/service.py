@@ -7,6 +7,9 @@
   * a small LRU of MABPPredictors keyed by image content, all sharing the model: each keeps its own
     encoded image and per-text outputs, so two users on two images do not re-encode each other's
     image on every request, and a threshold change re-uses the cached outputs.
+    Both this LRU and the LRU of decoded uploads are capped by count AND by bytes (`max_bytes`, default
+    DEFAULT_CACHE_BYTES each): a 38 MP photo decodes to 114 MB, so four of them in each cache would
+    hold close to 1 GB. The newest entry is always kept.
 Everything visual (overlays, charts) happens outside the lock.
 
 `ModelThread` runs every torch call of the app (loading included) on ONE long-lived thread. libgomp,
@@ -38,12 +41,57 @@ from mabp.image_files import image_digest, load_image
 from mabp.postprocess import NT_RULES
 from mabp.registry import SHIPPED_CHECKPOINT
 
+from .model_card import ModelCard, model_card
+
 log = logging.getLogger("mabp.app")
 
 DEFAULT_CHECKPOINT = SHIPPED_CHECKPOINT
 UNTRAINED_NOTICE = "no trained checkpoint found: predictions are untrained"
 
 ProgressFn = Callable[[float, str], None]
+DEFAULT_CACHE_BYTES = 256 * 2**20  # per cache (decoded uploads; encoded images): ~2 large photos each
+
+
+def release_memory() -> bool:
+    """Give freed heap memory back to the system (glibc's malloc_trim). After a large image the
+    allocator keeps freed medium-sized blocks (decode buffers, PNG encodings, resized copies) in its
+    arenas, so the server's RSS ratchets up over a session of large uploads. False where unavailable."""
+    global _MALLOC_TRIM
+    if _MALLOC_TRIM is None:
+        try:
+            import ctypes
+
+            _MALLOC_TRIM = ctypes.CDLL("libc.so.6").malloc_trim
+        except (OSError, AttributeError):
+            _MALLOC_TRIM = False
+    if not _MALLOC_TRIM:
+        return False
+    _MALLOC_TRIM(0)
+    return True
+
+
+_MALLOC_TRIM: Any = None
+LARGE_IMAGE_PIXELS = 4_000_000  # after a request on an image this large, release_memory()
+
+
+def _tensor_bytes(obj: Any) -> int:
+    """Bytes of the numpy arrays / torch tensors inside obj (nested lists, tuples and dicts)."""
+    if isinstance(obj, np.ndarray):
+        return int(obj.nbytes)
+    if hasattr(obj, "element_size") and hasattr(obj, "nelement"):
+        return int(obj.element_size() * obj.nelement())
+    if isinstance(obj, dict):
+        return sum(_tensor_bytes(v) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return sum(_tensor_bytes(v) for v in obj)
+    return 0
+
+
+def predictor_bytes(pred: MABPPredictor) -> int:
+    """What one cached predictor holds: the original image, its resized tensor, the cached visual
+    features and the per-text outputs."""
+    return (_tensor_bytes(pred._image) + _tensor_bytes(pred._tensor) + _tensor_bytes(pred._visual)
+            + _tensor_bytes(list(pred._outputs.values())))
 
 
 @dataclass
@@ -55,6 +103,7 @@ class LoadedModel:
     trained: bool
     notice: Optional[str]  # shown as a banner when not None
     load_s: float
+    card: Optional[ModelCard] = None  # preset, training data, size, val scores, vocabulary (app/model_card.py)
 
 
 def resolve_checkpoint(cli_value: Optional[str] = None, env: Optional[dict] = None) -> Tuple[Optional[Path], bool]:
@@ -79,14 +128,18 @@ def load_model(checkpoint: Optional[str] = None, fallback_preset: str = "lite", 
     no checkpoint) asks for an untrained preset on purpose, e.g. "tiny" for a quick smoke run.
     """
     from mabp import build_mabp
+    from mabp.registry import load_checkpoint
 
     path, explicit = resolve_checkpoint(checkpoint, env)
     t0 = time.perf_counter()
     if preset and not checkpoint:
         path, explicit, fallback_preset = None, False, preset
     if path is not None and path.is_file():
-        model = build_mabp(checkpoint=path)
+        ckpt = load_checkpoint(path)  # read once: the model and its card come from the same dict
+        model = build_mabp(checkpoint=ckpt)
         source, trained, notice = str(path), True, None
+        card = model_card(ckpt, path)
+        del ckpt
     elif explicit:
         raise FileNotFoundError(f"checkpoint not found: {path} (from --checkpoint or MABP_CHECKPOINT)")
     else:
@@ -95,11 +148,12 @@ def load_model(checkpoint: Optional[str] = None, fallback_preset: str = "lite", 
         model = build_mabp(fallback_preset)
         source, trained = f"preset {fallback_preset} (pretrained encoders, untrained decoder)", False
         notice = UNTRAINED_NOTICE
+        card = model_card(None, preset=fallback_preset, trained=False)
     predictor = MABPPredictor(model, device=device)
     warm_up(predictor)
     load_s = time.perf_counter() - t0
     log.info("model %s loaded in %.1f s (%s, %d px input)", source, load_s, model.cfg.preset, model.cfg.image_size)
-    return LoadedModel(predictor, source, trained, notice, load_s)
+    return LoadedModel(predictor, source, trained, notice, load_s, card)
 
 
 def warm_up(predictor: MABPPredictor) -> None:
@@ -150,7 +204,8 @@ class SegmentService:
     calling thread (tests, notebooks).
     """
 
-    def __init__(self, predictor: MABPPredictor, max_images: int = 4, runner: Optional[ModelThread] = None):
+    def __init__(self, predictor: MABPPredictor, max_images: int = 4, runner: Optional[ModelThread] = None,
+                 max_bytes: Optional[int] = None):
         self.model = predictor.model
         self.max_pixels = predictor.max_pixels
         self.max_tokens = predictor.cfg.text.max_tokens if hasattr(predictor.cfg.text, "max_tokens") else None
@@ -160,6 +215,7 @@ class SegmentService:
         self._cache_lock = threading.Lock()  # the small dicts below (never held during a model call)
         self._pool: "OrderedDict[str, MABPPredictor]" = OrderedDict()
         self._max_images = max(1, int(max_images))
+        self.max_bytes = int(max_bytes) if max_bytes else DEFAULT_CACHE_BYTES
         self.set_image_ms: dict = {}
         self.notes: "OrderedDict[str, list]" = OrderedDict()  # digest -> what was converted on input
         self._decoded: "OrderedDict[str, Tuple[np.ndarray, str]]" = OrderedDict()  # file path -> (rgb, digest)
@@ -186,7 +242,8 @@ class SegmentService:
                 self.notes.popitem(last=False)
             if path:
                 self._decoded[path] = (rgb, key)
-                while len(self._decoded) > self._max_images:
+                while len(self._decoded) > 1 and (len(self._decoded) > self._max_images
+                                                  or self.decoded_bytes() > self.max_bytes):
                     self._decoded.popitem(last=False)
         return rgb, key
 
@@ -202,11 +259,24 @@ class SegmentService:
         pred.set_image(rgb)
         self.set_image_ms[key] = pred.set_image_ms
         self._pool[key] = pred
-        while len(self._pool) > self._max_images:
+        self._evict_predictors()
+        return pred, True
+
+    def decoded_bytes(self) -> int:
+        """Bytes held by the cache of decoded uploads."""
+        return sum(int(rgb.nbytes) for rgb, _key in self._decoded.values())
+
+    def pool_bytes(self) -> int:
+        """Bytes held by the encoded images (predictors), outputs cached per text included."""
+        return sum(predictor_bytes(p) for p in self._pool.values())
+
+    def _evict_predictors(self) -> None:
+        """Drop the least recently used predictors beyond the count or byte cap (the newest stays).
+        Called with the model lock held (the predictors' outputs grow during predict)."""
+        while len(self._pool) > 1 and (len(self._pool) > self._max_images or self.pool_bytes() > self.max_bytes):
             old_key, old = self._pool.popitem(last=False)
             old.reset_image()
             self.set_image_ms.pop(old_key, None)
-        return pred, True
 
     def prepare(self, rgb: np.ndarray, key: str, progress: Optional[ProgressFn] = None) -> float:
         """Encode the image now (e.g. right after an upload) so the first expression is fast."""
@@ -252,6 +322,7 @@ class SegmentService:
             cached = text in pred._outputs
             result = pred.predict(text, threshold=threshold, nt_rule=nt_rule, introspect=introspect)
             result.extras["cached"] = cached
+            self._evict_predictors()  # per-text outputs grew
             return result
 
     def cached_texts(self, key: str) -> int:

@@ -3,12 +3,18 @@
     python benchmarks/app_load.py                      # launches `python app.py` on a free port, 20 x 5
     python benchmarks/app_load.py --app-args --preset tiny           # quick smoke run
     python benchmarks/app_load.py --url http://127.0.0.1:7860/ --pid 1234   # attach to a running app
+    python benchmarks/app_load.py --big-uploads 30 --big-mp 30     # then 30 uploads of distinct ~30 MP photos
 
 Bounded: each client makes --requests requests (default 5), each request has a timeout, and the whole
 run has a deadline (--deadline s); then it stops by itself. Loopback only: any other host is refused.
 Reports wall-clock latency per request (p50/p95/max, what a client waits, queueing included), the
 server's model time per request (latency_ms from the JSON), errors, throughput and the server's peak
 memory (psutil if installed, else VmHWM from /proc/<pid>/status). The server it launched is stopped.
+
+--big-uploads N: after the load, N sequential /segment requests, each with a DIFFERENT synthetic photo of
+about --big-mp megapixels (a bundled example upscaled, with a moving patch so no two files are equal,
+JPEG q90, written to a temporary folder and removed afterwards); the server's RSS is reported after them
+(the issue: memory grew from ~950 MB to 1.3-1.5 GB over a session of large uploads).
 """
 from __future__ import annotations
 
@@ -161,6 +167,47 @@ def run_load(url: str, clients: int, requests: int, deadline_s: float, timeout_s
     }
 
 
+def make_big_photos(folder: Path, n: int, megapixels: float) -> List[Path]:
+    """n distinct ~megapixels JPEGs from a bundled example (upscaled; a patch moves with the index)."""
+    import cv2
+    import numpy as np
+
+    src = next((p for p in (EXAMPLES / "astronaut.jpg", EXAMPLES / "coffee.jpg", EXAMPLES / "scene.png")
+                if p.is_file()), None)
+    base = cv2.imread(str(src)) if src else np.full((480, 640, 3), 128, np.uint8)
+    w = int(round((megapixels * 1e6 * 4 / 3) ** 0.5))
+    h = int(round(w * 3 / 4))
+    big = cv2.resize(base, (w, h), interpolation=cv2.INTER_CUBIC)
+    paths = []
+    for i in range(n):
+        img = big.copy()
+        x = (i * 997) % max(1, w - 400)
+        cv2.rectangle(img, (x, 100), (x + 300, 400), (0, (37 * i) % 256, 255 - (53 * i) % 256), -1)
+        path = folder / f"big-{i:03d}.jpg"
+        cv2.imwrite(str(path), img, [cv2.IMWRITE_JPEG_QUALITY, 90])
+        paths.append(path)
+    return paths
+
+
+def run_big_uploads(url: str, paths: List[Path], timeout_s: float) -> dict:
+    """Sequential /segment calls, one per file; what a session of large uploads does to the server."""
+    from gradio_client import Client, handle_file
+
+    client = Client(url, verbose=False)
+    walls, errors = [], []
+    for i, path in enumerate(paths):
+        t0 = time.perf_counter()
+        try:
+            _mask, info = client.submit(handle_file(str(path)), "the woman on the left", 0.5,
+                                        api_name="/segment").result(timeout=timeout_s)
+            walls.append((time.perf_counter() - t0) * 1000)
+        except Exception as exc:
+            errors.append(f"upload {i}: {type(exc).__name__}: {exc}"[:300])
+    client.close()
+    return {"uploads": len(paths), "completed": len(walls), "errors": len(errors), "error_samples": errors[:3],
+            "wall_ms": {"p50": percentile(walls, 0.5), "max": max(walls, default=None)}}
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--url", help="attach to a running app (loopback only) instead of launching one")
@@ -172,6 +219,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     ap.add_argument("--startup-timeout", type=float, default=300.0)
     ap.add_argument("--repeat-texts", action="store_true",
                     help="reuse a few texts (cache hits) instead of a new text per request")
+    ap.add_argument("--big-uploads", type=int, default=0, help="then this many uploads of distinct large photos")
+    ap.add_argument("--big-mp", type=float, default=30.0, help="megapixels of each large photo")
     ap.add_argument("--json", help="also write the summary here")
     ap.add_argument("--server-log", help="write the launched app's output here (default: discarded)")
     ap.add_argument("--app-args", nargs=argparse.REMAINDER, default=[], help="extra arguments for app.py")
@@ -201,6 +250,16 @@ def main(argv: Optional[List[str]] = None) -> int:
         summary["startup_s"] = round(startup, 1) if proc else None
         summary["memory_before_load"] = idle
         summary["memory"] = peak_memory_mb(pid) if pid else {"note": "pass --pid to report the server's memory"}
+        if args.big_uploads > 0:
+            import tempfile
+
+            with tempfile.TemporaryDirectory(prefix="mabp-big-") as tmp:
+                t1 = time.time()
+                paths = make_big_photos(Path(tmp), args.big_uploads, args.big_mp)
+                print(f"made {len(paths)} photos of {args.big_mp:g} MP in {time.time() - t1:.0f} s", file=sys.stderr)
+                summary["big_uploads"] = run_big_uploads(url, paths, args.timeout)
+            summary["big_uploads"]["megapixels"] = args.big_mp
+            summary["memory_after_big_uploads"] = peak_memory_mb(pid) if pid else {}
         summary["url"] = url
         summary["server_alive_after"] = proc is None or proc.poll() is None
     finally:
@@ -220,10 +279,16 @@ def main(argv: Optional[List[str]] = None) -> int:
     if mem.get("peak_rss_mb"):
         print(f"server memory peak {mem['peak_rss_mb']:.0f} MB (idle {summary['memory_before_load'].get('rss_mb') or 0:.0f} MB, "
               f"{mem['source']})")
+    if "memory_after_big_uploads" in summary:
+        b, mb = summary["big_uploads"], summary["memory_after_big_uploads"]
+        print(f"{b['completed']}/{b['uploads']} uploads of {b['megapixels']:g} MP, {b['errors']} errors, wall p50 "
+              f"{fmt(b['wall_ms']['p50'])} ms; server memory now {mb.get('rss_mb') or 0:.0f} MB, "
+              f"peak {mb.get('peak_rss_mb') or 0:.0f} MB")
     print(json.dumps(summary))
     if args.json:
         Path(args.json).write_text(json.dumps(summary, indent=1))
-    return 0 if summary["errors"] == 0 and summary["server_alive_after"] else 1
+    big_errors = summary.get("big_uploads", {}).get("errors", 0)
+    return 0 if summary["errors"] == 0 and big_errors == 0 and summary["server_alive_after"] else 1
 
 
 if __name__ == "__main__":

@@ -12,6 +12,9 @@ from __future__ import annotations
 
 import hashlib
 import os
+import sys
+import tempfile
+import threading
 import warnings
 from pathlib import Path
 from typing import Any, List, Optional, Tuple, Union
@@ -22,6 +25,40 @@ import numpy as np
 from mabp.image_io import DEFAULT_MAX_PIXELS, InputError, to_rgb_uint8
 
 FORMATS_HINT = "PNG, JPEG, BMP, TIFF, WebP or GIF"
+# libjpeg reports damaged data only as warnings printed on the process's stderr ("Corrupt JPEG data:
+# ...", "Premature end of JPEG file") and still returns a picture, garbled from the damage on.
+_JPEG_FATAL = ("Premature end of JPEG file",)
+_JPEG_WARNING = ("Corrupt JPEG data", "Premature end of JPEG file", "Invalid JPEG", "Warning: ")
+_STDERR_LOCK = threading.Lock()
+
+
+def _decode_jpeg_reporting(data: bytes) -> Tuple[Optional[np.ndarray], List[str]]:
+    """cv2.imdecode of JPEG bytes, with libjpeg's warnings captured (fd 2 is pointed at a temporary
+    file for the call, under a lock; anything else written to stderr meanwhile is passed on)."""
+    with _STDERR_LOCK, tempfile.TemporaryFile() as capture:
+        try:
+            sys.stderr.flush()
+        except (AttributeError, ValueError, OSError):
+            pass
+        saved = os.dup(2)
+        os.dup2(capture.fileno(), 2)
+        try:
+            arr = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+        capture.seek(0)
+        text = capture.read().decode("utf-8", errors="replace")
+    found, other = [], []
+    for line in text.splitlines():
+        (found if line.strip().startswith(_JPEG_WARNING) else other).append(line)
+    if other:
+        os.write(2, ("\n".join(other) + "\n").encode())
+    return arr, list(dict.fromkeys(line.strip() for line in found))
+
+
+def _is_jpeg(data: bytes) -> bool:
+    return data[:3] == b"\xff\xd8\xff"
 
 
 def _exif_orientation(im: Any) -> int:
@@ -83,7 +120,16 @@ def decode_image_bytes(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, name: 
         raise InputError(f"The image is empty ({w}x{h} pixels).")
     orientation = _exif_orientation(im)
     # OpenCV first: it keeps 16-bit PNG/TIFF as uint16 (Pillow flattens them to 32-bit ints "I").
-    arr = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
+    if _is_jpeg(data):
+        arr, problems = _decode_jpeg_reporting(data)
+        if any(p.startswith(_JPEG_FATAL) for p in problems):
+            raise InputError(f"{name} is a truncated JPEG (the decoder says: {problems[0]}): part of the picture "
+                             "is missing. Upload the complete file.")
+        if problems and notes is not None:
+            notes.append(f"the JPEG data is damaged, parts of the picture may be garbled (the decoder says: "
+                         f"{problems[0]})")
+    else:
+        arr = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
     if arr is not None and arr.shape[:2] == (h, w):
         if arr.ndim == 3 and arr.shape[2] == 3:
             arr = cv2.cvtColor(arr, cv2.COLOR_BGR2RGB)

@@ -58,9 +58,25 @@ def test_ui_builds_with_lean_api_and_notice(demo):
     cfg = demo.get_config_file()
     html = [c.get("props", {}).get("value") for c in cfg["components"] if c.get("type") == "html"]
     assert any(UNTRAINED_NOTICE in (v or "") for v in html)
-    rows, labels = ui.load_examples()
+    rows, labels, chips = ui.load_examples()
     assert len(rows) >= 10 and all((ROOT / "assets" / "examples").joinpath(r[0]).is_file() for r in rows)
-    assert any("astronaut" in r[0] for r in rows) and any("scene.png" in r[0] for r in rows)
+    assert any("scene.png" in r[0] for r in rows)
+    # real photos stay out of the gallery until a checkpoint trained on the photo world ships
+    assert not any(name in r[0] for r in rows for name in ("astronaut", "coffee", "chelsea"))
+    assert all(r[2] == "no target" or r[2].startswith("target: ") for r in rows)  # expected answer shown
+    assert ["target: small red circle"] == [r[2] for r in rows if r[1] == "the red circle"]
+    assert chips["scene.png"][0] == "the red circle" and len(chips["scene.png"]) >= 3
+
+
+def test_api_page_documents_segment_with_a_working_example(demo):
+    ep = demo.get_api_info()["named_endpoints"]["/segment"]
+    assert "mask as a PNG" in ep["description"] and "no_target" in ep["description"]
+    image, text, threshold = ep["parameters"]
+    assert "image file to segment" in image["python_type"]["description"]
+    assert "FileData" not in image["python_type"]["description"]  # not Gradio's internal docstring
+    assert image["example_input"]["url"] == "assets/examples/scene.png" and (ROOT / image["example_input"]["url"]).is_file()
+    assert text["example_input"] == "the red circle" and "20 tokens" in text["python_type"]["description"]
+    assert threshold["example_input"] == 0.5 and "between 0" in threshold["python_type"]["description"]
 
 
 def test_example_images_are_small_and_licensed():
@@ -76,9 +92,14 @@ def test_example_images_are_small_and_licensed():
 # -------------------------------------------------------------------------------------- segment
 def test_segment_outputs_at_original_resolution(cb, files):
     out = cb.segment(str(files["rgb"]), "the red circle", 0.5, "any", "segmentation", None)
-    session, banner, overlay, tiles, latency, trunc = out
+    session, banner, overlay, tiles, latency, trunc, mask_dl, overlay_dl = out
     assert isinstance(session, Session) and session.result is not None and session.info is None  # lazy
     assert _img(overlay).shape == (120, 90, 3)
+    # downloads: the binary mask at the original size, and the overlay
+    mask = cv2.imread(mask_dl.value if isinstance(mask_dl.value, str) else mask_dl.value["path"], cv2.IMREAD_UNCHANGED)
+    assert mask.shape == (120, 90) and mask.dtype == np.uint8 and set(np.unique(mask)) <= {0, 255}
+    assert np.array_equal(mask > 0, session.result.mask)
+    assert _img(overlay_dl.value if isinstance(overlay_dl.value, str) else overlay_dl.value["path"]).shape == (120, 90, 3)
     assert len(tiles) == 4 and all(_img(t[0]).ndim == 3 for t in tiles)
     assert ("No target" in banner) == session.result.no_target
     assert "model time" in latency and trunc == ""
@@ -117,25 +138,31 @@ def test_segmentation_tab_draws_nothing_extra(cb, files, seeded):
     assert len(outs) == 15 and all(o == gr.skip() for o in outs)
 
 
+def _with_strip(path) -> bool:
+    """An analysis picture: the (120, 90) image with its legend or colour bar stacked under it."""
+    img = _img(path)
+    return img.ndim == 3 and img.shape[1] == 90 and img.shape[0] > 120
+
+
 def test_each_tab_renders_on_real_arrays(cb, files, seeded):
     img = str(files["rgb"])
     reg = cb.render_tab(img, "regions", seeded, 1, 0, 0, 4, None)
     session = reg[0]
     assert session.info is not None  # introspection computed on first look
-    assert _img(reg[2]).shape == (120, 90, 3) and _img(reg[3]).shape == (120, 90, 3) and "8x8" in reg[4]
+    assert _with_strip(reg[2]) and _with_strip(reg[3]) and "8x8" in reg[4]
     assert all(o == gr.skip() for o in reg[5:])  # other tabs untouched
     for s in range(4):
         r = cb.render_tab(img, "regions", session, s, 0, 0, 4, None)
-        assert _img(r[2]).shape == (120, 90, 3)
+        assert _with_strip(r[2])
     att = cb.render_tab(img, "attention", session, 1, 0, 4, 4, None)
-    assert _img(att[5]).shape == (120, 90, 3) and _img(att[6]).ndim == 3 and "Decoder layer 4" in att[7]
+    assert _with_strip(att[5]) and _img(att[6]).ndim == 3 and "Decoder layer 4" in att[7]
     assert all(o == gr.skip() for o in att[1:5] + att[8:])
     pro = cb.render_tab(img, "prototypes", session, 1, 0, 0, 3, None)
-    assert _img(pro[8]).shape == (120, 90, 3) and _img(pro[9]).ndim == 3
+    assert _with_strip(pro[8]) and _img(pro[9]).ndim == 3
     assert "k = 3" in pro[10] and "silhouette" in pro[10]
     assert 3 in session.clusters  # KMeans cached per k
     lang = cb.render_tab(img, "language", session, 1, 0, 0, 4, "2")
-    assert _img(lang[12]).ndim == 3 and _img(lang[13]).shape == (120, 90, 3) and "'red'" in lang[14]
+    assert _img(lang[12]).ndim == 3 and _with_strip(lang[13]) and "'red'" in lang[14]
 
 
 def test_tab_before_any_prediction_explains(cb, files):
@@ -166,7 +193,7 @@ def test_bad_images_give_clear_messages(cb, files, kind, needle):
     t0 = time.perf_counter()
     out = cb.segment(image, "the red circle", 0.5, "any", "segmentation", None)
     assert _is_error(out) and needle in out[1], out[1]
-    assert out[2] is None and out[3] == []
+    assert out[2] is None and out[3] == [] and len(out) == 8
     assert time.perf_counter() - t0 < 20  # refused from the header: 144 MP is never decoded
     with pytest.raises(gr.Error) as exc:
         cb.api_segment(image, "the red circle", 0.5)
@@ -222,10 +249,9 @@ def test_safe_image_turns_unreadable_uploads_into_gr_error(files):
     from gradio.data_classes import ImageData
 
     comp = SafeImage(type="filepath", image_mode=None, render=False)
-    payload = ImageData(path=str(files["not_image"]), orig_name="notes.png")
-    with pytest.raises(gr.Error) as exc:
-        comp.preprocess(payload)
-    assert exc.value.print_exception is False and "not an image" in exc.value.message
+    # an unreadable upload goes on as its path: the callback refuses it in the lasting banner
+    for kind in ("not_image", "empty", "corrupted"):
+        assert comp.preprocess(ImageData(path=str(files[kind]), orig_name="x.png")) == str(files[kind])
     ok = comp.preprocess(ImageData(path=str(files["rgb"]), orig_name="rgb.png"))
     assert ok == str(files["rgb"])
     # 12000 x 12000 passes the header-only open (the callback refuses it); far larger trips Pillow's bomb check
@@ -235,8 +261,9 @@ def test_safe_image_turns_unreadable_uploads_into_gr_error(files):
     old = Image.MAX_IMAGE_PIXELS
     Image.MAX_IMAGE_PIXELS = 1000
     try:
-        with pytest.raises(gr.Error, match="far too large"):
-            comp.preprocess(ImageData(path=str(files["rgb"]), orig_name="rgb.png"))
+        assert comp.preprocess(ImageData(path=str(files["rgb"]), orig_name="rgb.png")) == str(files["rgb"])
+        with pytest.raises(gr.Error, match="not an image"):  # no file to hand on: refused here
+            comp.preprocess(ImageData(path=None, url="data:image/png;base64,iVBORw0KGgo=", orig_name="x.png"))
     finally:
         Image.MAX_IMAGE_PIXELS = old
 
@@ -255,13 +282,18 @@ def test_new_scene_and_suggestions(cb):
     if cb.random_scene is None:
         pytest.skip("SynthGRES is not importable here")
     out = cb.new_scene(7)
-    image, seed, dataset, text, session, banner = out
-    assert _img(image).shape == (320, 320, 3) and seed == 7 and text == "" and "Random scene #7" in banner
+    image, dataset, text, session, banner = out
+    assert _img(image).shape == (320, 320, 3) and text == "" and "Random scene #7 (shapes world)" in banner
+    assert session.label.startswith("Random scene #7")
     samples = dataset.constructor_args["samples"] if hasattr(dataset, "constructor_args") else dataset.samples
     assert len(samples) >= 1 and all(isinstance(s[0], str) and s[0] for s in samples)
     assert cb.pick_suggestion(samples[0]) == samples[0][0]
     assert np.array_equal(_img(cb.new_scene(7)[0]), _img(image))  # a seed is reproducible
-    assert cb.new_scene(0)[1] > 0  # 0 = random
+    # seed 0: a new scene on every click (the seed box is not an output, so it stays 0), seed in the banner
+    a, b = cb.new_scene(0), cb.new_scene(0)
+    assert a[4] != b[4] and not np.array_equal(_img(a[0]), _img(b[0]))
+    ready = cb.prepare_image(a[0], a[3])
+    assert a[3].label in ready[1] and "Image ready" in ready[1]
 
 
 def test_prepare_image_encodes_once(cb, files):
@@ -415,3 +447,158 @@ def test_model_thread_runs_every_model_call_on_one_thread():
             runner.run(pred.predict, "")  # raised on the model thread, re-raised here
     finally:
         runner.shutdown()
+
+
+def _dl_path(button) -> str:
+    value = button.value
+    return value if isinstance(value, str) else value["path"]
+
+
+def test_view_switch_and_large_images_preview_at_most_1600_px(tmp_path):
+    pred = tiny_predictor()
+    force_no_target(pred.model, False)
+    cbx = DemoCallbacks(SegmentService(pred))
+    big = tmp_path / "big.png"
+    rgb = np.random.RandomState(0).randint(0, 255, (1800, 2400, 3)).astype(np.uint8)
+    cv2.imwrite(str(big), rgb)
+    out = cbx.segment(str(big), "everything", 0.01, "any", "segmentation", None)
+    session = out[0]
+    assert session.result.mask.any()
+    assert _img(out[2]).shape == (1200, 1600, 3)  # the preview
+    mask = cv2.imread(_dl_path(out[6]), cv2.IMREAD_UNCHANGED)
+    assert mask.shape == (1800, 2400) and set(np.unique(mask)) <= {0, 255}  # the download: original size
+    as_mask = _img(cbx.change_view(str(big), session, "mask"))
+    assert as_mask.shape == (1200, 1600, 3) and set(np.unique(as_mask)) <= {0, 255}
+    cut = _img(cbx.change_view(str(big), session, "cut-out"))
+    assert cut.shape == (1200, 1600, 3)
+    assert cbx.change_view(str(big), Session(), "mask") == gr.skip()  # nothing segmented yet
+    out = cbx.segment(str(big), "everything", 0.01, "any", "segmentation", session, "mask")
+    assert np.array_equal(_img(out[2]), as_mask)
+
+
+def test_out_of_vocabulary_expressions_get_a_notice_and_still_an_answer(files):
+    from app.model_card import ModelCard
+    from train.data.synthgres.vocab import shapes_vocabulary
+
+    card = ModelCard(preset="lite", worlds=("SynthGRES shapes",), vocabulary=shapes_vocabulary(),
+                     vocabulary_kind="closed")
+    cbx = DemoCallbacks(SegmentService(tiny_predictor()), card=card)
+    for text in ("the woman", "🔴 ⭕ 🟢", "红色的圆", "?!..."):
+        out = cbx.segment(str(files["rgb"]), text, 0.5, "any", "segmentation", None)
+        assert not _is_error(out) and 'id="mabp-oov"' in out[1] and "training data" in out[1], text
+        assert ("Target found" in out[1]) or ("No target" in out[1])  # the answer is still shown
+        assert cbx.api_segment(str(files["rgb"]), text, 0.5)[1]["out_of_vocabulary"] is True
+    out = cbx.segment(str(files["rgb"]), "the two red circles", 0.5, "any", "segmentation", None)
+    assert "mabp-oov" not in out[1]
+    assert cbx.api_segment(str(files["rgb"]), "the red circle", 0.5)[1]["out_of_vocabulary"] is False
+
+
+def test_non_image_upload_leaves_a_lasting_error_and_clears_the_old_result(cb, files):
+    good = cb.segment(str(files["rgb"]), "the red circle", 0.5, "any", "segmentation", None)
+    assert good[2] is not None
+    for kind in ("not_image", "empty"):
+        out = cb.prepare_image(str(files[kind]), good[0])
+        assert _is_error(out) and out[2] is None and out[3] == [] and out[4] == ""
+        assert out[0].result is None and out[0].key is None
+        assert out[6].interactive is False  # no download of the old mask
+
+
+def test_damaged_jpeg_is_reported_in_words(tmp_path, cb):
+    rgb = cv2.resize(cv2.imread(str(SCENE)), (640, 640))
+    data = bytearray(cv2.imencode(".jpg", rgb, [cv2.IMWRITE_JPEG_QUALITY, 90])[1].tobytes())
+    rng = np.random.RandomState(0)
+    start = len(data) // 3
+    data[start:start + 200] = bytes(rng.randint(0, 256, 200).astype(np.uint8))  # overwritten bytes
+    path = tmp_path / "damaged.jpg"
+    path.write_bytes(bytes(data))
+    out = cb.prepare_image(str(path), None)
+    assert not _is_error(out) and "JPEG data is damaged" in out[1] and "Corrupt JPEG data" in out[1]
+    cut = tmp_path / "cut.jpg"
+    cut.write_bytes(bytes(data[: len(data) // 2]))
+    out = cb.prepare_image(str(cut), None)
+    assert _is_error(out) and ("truncated" in out[1] or "corrupted" in out[1])
+
+
+def test_default_region_is_the_one_holding_most_of_the_mask(files):
+    pred = tiny_predictor()
+    force_no_target(pred.model, False)
+    cbx = DemoCallbacks(SegmentService(pred))
+    session = cbx.segment(str(files["rgb"]), "everything", 0.3, "any", "regions", None)[0]
+    assert session.point is None and session.info is not None
+    out = cbx.render_tab(str(files["rgb"]), "regions", session, 1, 0, 0, 4, None)
+    sc = session.info.scales[1]
+    from app.render import largest_mask_region
+
+    best = largest_mask_region(sc.boxes, sc.share)
+    assert best is not None and sc.share[best] > 0
+    assert f"Selected region {best} " in out[4] and out[1].value == best
+
+
+def test_world_choice_with_a_fake_scene_generator(cb, monkeypatch):
+    def fake(seed, size=320, n=6, world="shapes"):
+        if world == "photo":
+            raise MissingPackages("the photo world needs Debian packages: apt-get install fonts-dejavu")
+        return np.full((size, size, 3), seed % 255, np.uint8), None, [("the red circle", [0], {})]
+
+    class MissingPackages(RuntimeError):
+        pass
+
+    def old(seed, size=320):
+        return np.zeros((size, size, 3), np.uint8), None, []
+
+    monkeypatch.setattr(cb, "random_scene", fake)
+    out = cb.new_scene(5, "photo")
+    assert out[:4] == [gr.skip()] * 4 and "mabp-error" in out[4] and "apt-get install fonts-dejavu" in out[4]
+    out = cb.new_scene(5, "shapes")
+    assert "shapes world" in out[4] and out[3].label
+    monkeypatch.setattr(cb, "random_scene", old)
+    out = cb.new_scene(5, "photo")
+    assert "mabp-error" in out[4] and "no photo world" in out[4]
+
+
+def test_photo_world_examples_are_generated_at_start_or_skipped(tmp_path, caplog):
+    import json
+    import logging
+
+    ex = tmp_path / "examples"
+    ex.mkdir()
+    (ex / "examples.json").write_text(json.dumps({"examples": [
+        {"kind": "synthgres-photo", "seed": 4, "title": "Photo scene #4",
+         "expressions": [{"text": "the pig", "expected": "target", "target_ids": [1], "min_iou": 0.5}]},
+        {"file": "gone.png", "kind": "photo", "gallery": False, "expressions": [{"text": "x", "expected": "target"}]},
+    ]}))
+
+    def fake(seed, size=320, n=6, world="shapes"):
+        assert world == "photo"
+        return np.full((size, size, 3), 7, np.uint8), None, []
+
+    rows, _labels, chips = ui.load_examples(ex, fake, tmp_path / "gen")
+    assert len(rows) == 1 and rows[0][1] == "the pig" and rows[0][2] == "target: object 1"
+    assert (tmp_path / "gen" / "synthgres-photo-4.png").is_file() and chips["synthgres-photo-4.png"] == ["the pig"]
+
+    def missing(seed, size=320, n=6, world="shapes"):
+        raise RuntimeError("install the Debian package xyz")
+
+    with caplog.at_level(logging.INFO, logger="mabp.app"):
+        rows, _labels, _chips = ui.load_examples(ex, missing, tmp_path / "gen2")
+    assert rows == [] and "Photo scene #4" in caplog.text and "xyz" in caplog.text
+    rows, _labels, _chips = ui.load_examples(ex, lambda seed, size=320: None, tmp_path / "gen3")  # old signature
+    assert rows == []
+
+
+def test_example_chips(cb):
+    cb.chips = {"scene.png": ["the red circle", "the stars"]}
+    ds = cb.example_chips("/some/cache/dir/scene.png")
+    samples = ds.constructor_args["samples"] if hasattr(ds, "constructor_args") else ds.samples
+    assert samples == [["the red circle"], ["the stars"]]
+    assert cb.example_chips("/x/other.png").constructor_args.get("visible") is False
+
+
+def test_caches_are_capped_by_bytes():
+    service = SegmentService(tiny_predictor(), max_images=4, max_bytes=3 * 200 * 300 * 3)
+    rng = np.random.RandomState(0)
+    for i in range(4):
+        rgb = rng.randint(0, 255, (200, 300, 3)).astype(np.uint8)
+        service.predict(*service.load(rgb), "the red circle")
+        assert service.pool_bytes() <= service.max_bytes or len(service._pool) == 1
+    assert len(service._pool) < 4

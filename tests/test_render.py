@@ -123,21 +123,24 @@ def test_region_values_and_cluster_overlays():
     assert np.array_equal(cl[5, 5], cl[15, 15]) and not np.array_equal(cl[5, 5], cl[5, 15])
 
 
-def test_charts_are_rgb_arrays():
+def test_charts_are_rgb_arrays_and_grow_with_the_words():
     bars = render.word_bar_chart(["[CLS]", "the", "cat", "[SEP]"], [0.1, 0.2, 0.6, 0.1], title="t")
-    assert bars.ndim == 3 and bars.shape[2] == 3 and bars.dtype == np.uint8 and bars.shape[:2] == (260, 640)
+    assert bars.ndim == 3 and bars.shape[2] == 3 and bars.dtype == np.uint8 and bars.shape[1] == 560
+    long = render.word_bar_chart([f"w{i}" for i in range(20)], np.linspace(0, 1, 20))
+    # one row per word: 20 words make a taller chart, not smaller labels
+    assert long.shape[0] - bars.shape[0] >= 16 * 25
     zero = render.word_bar_chart(["a"], [0.0])
-    assert zero.shape == (260, 640, 3)
+    assert zero.ndim == 3 and zero.shape[1] == 560
     rng = np.random.RandomState(0)
     sc = render.pca_scatter(rng.randn(30, 2), rng.randint(0, 3, 30), 3, highlight=4)
-    assert sc.shape == (380, 420, 3)
+    assert sc.shape == (480, 520, 3)
     w = rng.randn(16, 20)
     mask = np.zeros(20, bool)
     mask[:5] = True
     w[:, ~mask] = np.nan
     toks = ["[CLS]", "the", "red", "cat", "[SEP]"] + ["[PAD]"] * 15
     hm = render.word_weight_heatmap(w, toks, mask, highlight_word=2)
-    assert hm.shape == (360, 640, 3) and hm.std() > 0
+    assert hm.shape == (150 + 30 * 5, 600, 3) and hm.std() > 0
 
 
 def test_real_words():
@@ -149,3 +152,85 @@ def test_helpers_are_deterministic():
     rng = np.random.RandomState(1)
     args = (rng.randn(20, 2), rng.randint(0, 2, 20), 2)
     assert np.array_equal(render.pca_scatter(*args), render.pca_scatter(*args))
+
+
+def _luma(rgb):
+    return rgb.astype(float) @ np.array([0.299, 0.587, 0.114])
+
+
+@pytest.mark.parametrize("colour", [(215, 35, 35), (245, 115, 185), (135, 55, 190), (255, 64, 160)])
+def test_overlay_is_visible_on_any_colour(colour):
+    """Red, pink, purple and magenta objects on a background of the same colour: the overlay keeps the
+    object's own colour inside, darkens and greys the rest, and draws a dark + light outline."""
+    img = np.empty((80, 100, 3), np.uint8)
+    img[:] = colour
+    mask = np.zeros((80, 100), bool)
+    mask[20:60, 30:70] = True
+    out = render.segmentation_view(img, mask, "overlay")
+    inside, outside = out[30:50, 40:60], out[:10, :20]
+    assert np.array_equal(inside, img[30:50, 40:60])  # the object keeps its colours
+    assert _luma(inside).mean() - _luma(outside).mean() > 40  # visible contrast
+    sat = lambda a: (a.max(-1).astype(int) - a.min(-1)).mean()  # noqa: E731
+    assert sat(outside) < 0.5 * sat(inside)
+    ring = out[18:23, 28:72]
+    assert ring.min() < 30 and ring.max() > 230  # both the dark and the light line
+    assert np.array_equal(render.segmentation_view(img, np.zeros_like(mask), "overlay"), img)  # no mask: as is
+
+
+def test_views_mask_cutout_and_preview_size():
+    img = np.random.RandomState(0).randint(0, 255, (2000, 3200, 3)).astype(np.uint8)
+    mask = np.zeros((2000, 3200), bool)
+    mask[500:1500, 800:2400] = True
+    for view in render.VIEWS:
+        out = render.segmentation_view(img, mask, view)
+        assert out.shape == (1000, 1600, 3) and out.dtype == np.uint8  # preview <= 1600 px
+    m = render.segmentation_view(img, mask, "mask")
+    assert set(np.unique(m)) == {0, 255} and m[500, 800].tolist() == [255] * 3 and m[10, 10].tolist() == [0] * 3
+    cut = render.segmentation_view(img, mask, "cut-out")
+    assert set(np.unique(cut[:200, :200])) <= {200, 235}  # checkerboard outside
+    with pytest.raises(ValueError, match="unknown view"):
+        render.segmentation_view(img, mask, "x-ray")
+    full = render.binary_mask_png_array(mask)
+    assert full.shape == (2000, 3200) and full.dtype == np.uint8 and set(np.unique(full)) == {0, 255}
+
+
+def test_tiny_masks_get_a_pixel_count_and_a_ring():
+    assert render.area_text(0.0004, 40) == "40 px"
+    assert render.area_text(0.2, 99) == "20.0% of the image"
+    banner = render.status_banner(False, 0.1, 0.0004, pixels=40)
+    assert "Target found: 40 px" in banner
+    img = np.full((200, 200, 3), 90, np.uint8)
+    mask = np.zeros((200, 200), bool)
+    mask[100:103, 100:103] = True  # 9 px of 40,000
+    out = render.double_outline(img, mask)
+    assert (out[:, :, 2] < 40).any() and ((out[:, :, 0] > 200) & (out[:, :, 2] < 40)).any()  # yellow ring
+    assert np.array_equal(out[0:50, 0:50], img[0:50, 0:50])
+
+
+def test_banner_carries_the_vocabulary_notice():
+    b = render.status_banner(False, 0.03, 0.1, notice="None of these words <was> known")
+    assert 'id="mabp-oov"' in b and "&lt;was&gt;" in b and "Target found" in b
+    assert "mabp-oov" in render.status_banner(True, 0.9, notice="x")
+    assert "mabp-oov" not in render.status_banner(False, 0.03, 0.1)
+
+
+def test_colour_bars_and_legends():
+    bar = render.colorbar_strip(400, 0.0, 0.25, "attention mass")
+    assert bar.shape[1] == 400 and bar.dtype == np.uint8
+    row = bar[bar.shape[0] // 2]
+    assert (row[:, 0].astype(int) - row[:, 2]).std() > 10  # a colour ramp, not blank
+    div = render.colorbar_strip(300, -2.0, 2.0, "raw weight", colors="diverging")
+    assert div.shape[1] == 300
+    leg = render.legend_strip(300, [((255, 0, 0), "cluster 0"), ((0, 0, 255), "cluster 1"), (None, "regions")] * 3,
+                              title="clusters")
+    one = render.legend_strip(300, [((255, 0, 0), "cluster 0")])
+    assert leg.shape[1] == 300 and leg.shape[0] > one.shape[0]  # wrapped over several lines
+    img = np.zeros((50, 300, 3), np.uint8)
+    stacked = render.stack_below(img, leg, bar)  # a strip of another width is dropped
+    assert stacked.shape == (50 + leg.shape[0], 300, 3) and np.array_equal(stacked[:50], img)
+
+
+def test_largest_mask_region():
+    boxes = _grid_boxes(2, 20, 20)
+    assert render.largest_mask_region(boxes, np.array([0.1, 0.0, 0.9, 0.2])) == 2
+    assert render.largest_mask_region(boxes, np.zeros(4)) is None
