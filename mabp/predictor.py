@@ -64,6 +64,7 @@ class VideoFrameResult:
     index: int  # the frame's index in the clip (before any stride)
     results: List[GRESResult]  # one per expression, in the order given
     set_image_ms: float  # encoding this frame (decode excluded)
+    image: np.ndarray  # the frame as segmented, (H, W, 3) uint8 RGB (for drawing; not a copy)
 
     @property
     def result(self) -> GRESResult:
@@ -259,4 +260,5 @@ class MABPPredictor:
             index, frame = item if isinstance(item, tuple) and len(item) == 2 else (k, item)
             self.set_image(frame)
             results = [self.predict(t, threshold=threshold, nt_rule=nt_rule, min_pixels=min_pixels) for t in texts]
-            yield VideoFrameResult(index=int(index), results=results, set_image_ms=self.set_image_ms)
+            yield VideoFrameResult(index=int(index), results=results, set_image_ms=self.set_image_ms,
+                                   image=self._image)

@@ -235,4 +235,16 @@ def export_mevis(out: os.PathLike, split: str = "valid_u", source_split: str = "
     return dest
 
 
-__all__ = ["SynthClip", "VideoExpression", "generate_clip", "export_mevis"]
+
+
+def write_clip(clip: SynthClip, path: os.PathLike, fps: float = 12.0) -> Path:
+    """Encode a clip's frames as a browser-playable H.264 MP4 (`mabp.video_io.Mp4Writer`); returns the path."""
+    from mabp.video_io import Mp4Writer
+
+    with Mp4Writer(path, fps=fps) as w:
+        for frame in clip.frames:
+            w.write(frame)
+    return Path(path)
+
+
+__all__ = ["SynthClip", "VideoExpression", "generate_clip", "export_mevis", "write_clip"]
