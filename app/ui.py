@@ -34,6 +34,7 @@ from . import render
 from .components import SafeImage
 from .outputs import PngWriter
 from .service import NT_RULES, ModelThread, SegmentService
+from .video import build_video_tab
 
 log = logging.getLogger("mabp.app")
 
@@ -499,6 +500,7 @@ def create_app(predictor: MABPPredictor, notice: Optional[str] = None, source: O
                         lang_map = gr.Image(label="The word's weight on the 4x4 region grid", format="png",
                                             interactive=False)
                         lang_md = gr.Markdown()
+                    demo.mabp_video = build_video_tab(predictor, runner, threshold, nt_rule)  # app/video.py
         if rows:
             examples = gr.Examples(examples=rows, inputs=[image, text], cache_examples=False,
                                    label="Examples (SynthGRES scenes and CC0 / public-domain photos)",
