@@ -95,12 +95,41 @@ def sniff_container(head: bytes) -> Optional[str]:
     return None
 
 
+def diagnose(path: str) -> str:
+    """Why a clip does not open, from ffmpeg's own reading of the header (`ffmpeg -i`, no decoding):
+    "no-video" (no video stream: zero frames, or audio / data only), "codec:<name>" (a video stream whose
+    codec ffmpeg does not know: "codec:none"), or "corrupt"."""
+    import subprocess
+
+    try:
+        import imageio_ffmpeg
+
+        r = subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-hide_banner", "-nostdin", "-i", str(path)],
+                           capture_output=True, text=True, timeout=20)
+    except Exception:  # noqa: BLE001 - a diagnosis is best effort; the caller still raises InputError
+        return "corrupt"
+    for line in r.stderr.splitlines():
+        if "Stream #" in line and "Video:" in line:
+            return "codec:" + line.split("Video:", 1)[1].strip().split(" ")[0].split(",")[0].split("(")[0]
+    if "Invalid data" in r.stderr or "Invalid" in r.stderr or "error" in r.stderr.lower():
+        return "corrupt"
+    return "no-video"
+
+
 def _open(path: str) -> cv2.VideoCapture:
     cap = cv2.VideoCapture(path, cv2.CAP_FFMPEG)
     if not cap.isOpened():
         cap.release()
-        raise InputError(f"{Path(path).name}: the video cannot be opened (a truncated or corrupt file, or a "
-                         "codec this build cannot decode); re-encode it as H.264 MP4 and try again.")
+        why = diagnose(path)
+        name = Path(path).name
+        if why == "no-video":
+            raise InputError(f"{name}: the file has no video frames (no video stream); pick a clip with at "
+                             "least one frame.")
+        if why.startswith("codec:"):
+            raise InputError(f"{name}: the video codec ({why[6:]!r}) cannot be decoded here; re-encode the clip "
+                             "as H.264 MP4 and try again.")
+        raise InputError(f"{name}: the video cannot be read (a truncated or corrupt file); re-encode it as "
+                         "H.264 MP4 and try again.")
     return cap
 
 
@@ -306,4 +335,4 @@ class Mp4Writer:
 
 
 __all__ = ["VideoLimits", "VideoInfo", "probe_video", "iter_frames", "read_frames", "check_limits",
-           "sniff_container", "downscale_size", "even_pad", "Mp4Writer", "VIDEO_EXTENSIONS"]
+           "sniff_container", "diagnose", "downscale_size", "even_pad", "Mp4Writer", "VIDEO_EXTENSIONS"]
