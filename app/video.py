@@ -136,13 +136,16 @@ class VideoCallbacks:
                 return fail("The expression is empty: type what to segment, e.g. 'the red circle'.")
             text = str(text)[:MAX_TEXT_CHARS]
             try:
-                stride = int(stride or 1)
+                stride = 1 if stride is None or stride == "" else int(stride)
             except (TypeError, ValueError):
                 return fail(f"The frame stride must be a whole number >= 1, got {stride!r}.")
             if stride < 1:
                 return fail(f"The frame stride must be >= 1, got {stride}.")
             if threshold is not None:
-                threshold = float(threshold)
+                try:
+                    threshold = float(threshold)
+                except (TypeError, ValueError):
+                    return fail(f"The mask threshold must be a number between 0 and 1, got {threshold!r}.")
                 if not 0.0 < threshold < 1.0:
                     return fail(f"The mask threshold must be between 0 and 1 (exclusive), got {threshold}.")
             self._prune()
