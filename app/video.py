@@ -1,7 +1,7 @@
 """The demo's Video tab: upload a short clip, type an expression, get the overlay video, the no-target
 probability per frame and a download of the masks (paper §IV-D: every frame is an independent image).
 
-`VideoCallbacks.segment` is a plain function (tested directly); `build_video_tab(...)` creates the tab's
+`VideoCallbacks.segment_video` is a plain function (tested directly); `build_video_tab(...)` creates the tab's
 components inside the caller's `gr.Blocks` / `gr.Tabs` and wires them. The work itself is
 `mabp.video.segment_clip`; all torch work runs on the app's model thread (`app.service.ModelThread`),
 so a clip occupies the model for its duration and image requests queue behind it.
@@ -123,7 +123,7 @@ class VideoCallbacks:
             self.predictor.reset_image()
         return out, zpath
 
-    def segment(self, video: Any, text: Any, stride: Any = 1, threshold: Any = None, nt_rule: Any = None,
+    def segment_video(self, video: Any, text: Any, stride: Any = 1, threshold: Any = None, nt_rule: Any = None,
                 progress: gr.Progress = gr.Progress()) -> list:
         """-> [overlay mp4 path | None, plot DataFrame, masks zip path | None, Markdown summary or error]."""
         def fail(msg: str) -> list:
@@ -204,7 +204,7 @@ def build_video_tab(predictor: MABPPredictor, runner: Any = None, threshold: Opt
     inputs += [threshold] if threshold is not None else [gr.State(None)]
     inputs += [nt_rule] if nt_rule is not None else [gr.State(None)]
     for trigger in (run.click, vtext.submit):
-        trigger(cb.segment, inputs, [overlay, plot, masks, summary], api_visibility="private",
+        trigger(cb.segment_video, inputs, [overlay, plot, masks, summary], api_visibility="private",
                 trigger_mode="always_last")
     return cb
 

@@ -139,7 +139,7 @@ def test_app_video_tab_callback_on_a_generated_clip(predictor, clip_file, tmp_pa
 
     cb = VideoCallbacks(predictor, folder=tmp_path / "app")
     steps = []
-    video, plot, masks, summary = cb.segment(str(clip_file), "the red shape", 2, 0.5, "any",
+    video, plot, masks, summary = cb.segment_video(str(clip_file), "the red shape", 2, 0.5, "any",
                                              progress=lambda frac, desc="": steps.append(frac))
     assert len(read_frames(video)) == N // 2
     nt = plot[plot["series"] == "p(no target)"]
@@ -153,10 +153,10 @@ def test_app_video_tab_callback_on_a_generated_clip(predictor, clip_file, tmp_pa
     for args, needle in (((None, "x"), "No clip was given"), ((str(clip_file), " "), "expression is empty"),
                          ((__file__, "x"), "not a video"), ((str(clip_file), "x", 0), "stride must be >= 1"),
                          ((str(clip_file), "x", 1, 1.5), "threshold must be between 0 and 1")):
-        out = cb.segment(*args, progress=lambda *a, **k: None)
+        out = cb.segment_video(*args, progress=lambda *a, **k: None)
         assert out[0] is None and out[2] is None and needle in out[3], out[3]
     long_cb = VideoCallbacks(predictor, folder=tmp_path / "app2", limits=VideoLimits(max_frames=2))
-    assert "frame limit" in long_cb.segment(str(clip_file), "x", progress=lambda *a, **k: None)[3]
+    assert "frame limit" in long_cb.segment_video(str(clip_file), "x", progress=lambda *a, **k: None)[3]
     rows = load_video_examples()
     assert rows and all(Path(r[0]).is_file() and r[1] for r in rows)
 
