@@ -7,7 +7,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from train.data import build_dataset
 from train.data.mevis import MeViS
