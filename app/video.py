@@ -17,6 +17,7 @@ import logging
 import os
 import shutil
 import tempfile
+import threading
 import time
 import uuid
 import zipfile
@@ -92,6 +93,7 @@ class VideoCallbacks:
         self.folder.mkdir(parents=True, exist_ok=True)
         self.limits = limits
         self.max_age_s = max_age_s
+        self._lock = threading.Lock()  # one clip at a time on this tab's predictor (when no runner serialises)
 
     def _prune(self) -> None:
         now = time.time()
@@ -104,6 +106,11 @@ class VideoCallbacks:
 
     def _work(self, video: str, text: str, stride: int, threshold: Optional[float], nt_rule: Optional[str],
               progress: Callable[[int, int, float], None]) -> Tuple[ClipOutputs, Path]:
+        with self._lock:
+            return self._work_locked(video, text, stride, threshold, nt_rule, progress)
+
+    def _work_locked(self, video: str, text: str, stride: int, threshold: Optional[float], nt_rule: Optional[str],
+                     progress: Callable[[int, int, float], None]) -> Tuple[ClipOutputs, Path]:
         job = self.folder / uuid.uuid4().hex[:12]
         job.mkdir()
         try:
