@@ -38,6 +38,7 @@ from .components import ApiImageFile, ApiText, ApiThreshold, SafeImage
 from .model_card import ModelCard, card_markdown, model_card, vocabulary_markdown
 from .outputs import PngWriter
 from .service import LARGE_IMAGE_PIXELS, NT_RULES, ModelThread, SegmentService, release_memory
+from .video import build_video_tab
 
 log = logging.getLogger("mabp.app")
 
@@ -752,6 +753,7 @@ def create_app(predictor: MABPPredictor, notice: Optional[str] = None, source: O
                         gr.Markdown("**The word's weight on the 4x4 region grid** (click to select)")
                         lang_map = gr.Image(show_label=False, format="png", interactive=False, buttons=[], elem_id="word-map")
                         lang_md = gr.Markdown()
+                    demo.mabp_video = build_video_tab(predictor, runner, threshold, nt_rule)  # app/video.py
         expected = gr.Textbox(visible=False, label="Expected answer")
         if rows:
             examples = gr.Examples(examples=rows, inputs=[image, text, expected], cache_examples=False,

@@ -20,7 +20,7 @@ from __future__ import annotations
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional
+from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Union
 
 import cv2
 import numpy as np
@@ -57,6 +57,21 @@ class GRESResult:
         return float(self.mask.mean()) if self.mask.size else 0.0
 
 
+@dataclass
+class VideoFrameResult:
+    """The answers on one frame of a clip (`MABPPredictor.predict_video`)."""
+
+    index: int  # the frame's index in the clip (before any stride)
+    results: List[GRESResult]  # one per expression, in the order given
+    set_image_ms: float  # encoding this frame (decode excluded)
+    image: np.ndarray  # the frame as segmented, (H, W, 3) uint8 RGB (for drawing; not a copy)
+
+    @property
+    def result(self) -> GRESResult:
+        """The first (or only) expression's answer."""
+        return self.results[0]
+
+
 class MABPPredictor:
     def __init__(self, model: torch.nn.Module, device: Optional[str] = None,
                  max_pixels: int = DEFAULT_MAX_PIXELS, cache_texts: int = 16):
@@ -71,6 +86,9 @@ class MABPPredictor:
         self._visual = None
         self._outputs: "OrderedDict[str, dict]" = OrderedDict()  # text -> raw model outputs on this image
         self._cache_texts = cache_texts
+        # text -> (tokenizer output, text-encoder output). The text encoder never sees the image, so its
+        # output is reused across images (a clip's frames encode the expression once).
+        self._lang: "OrderedDict[str, tuple]" = OrderedDict()
         self.set_image_ms = 0.0
 
     # ---------------------------------------------------------------------------------------- image
@@ -135,11 +153,8 @@ class MABPPredictor:
         if text in self._outputs and (not record or "records" in self._outputs[text]):
             self._outputs.move_to_end(text)
             return self._outputs[text]
-        tok = self.tokenizer([text])
-        ids = tok.input_ids.to(self.device)
-        mask = tok.attention_mask.to(self.device)
         t0 = time.perf_counter()
-        lang = self.model.encode_text(ids, mask)
+        tok, lang, mask = self.encode_text(text)
         feats = self.model.fuse(lang, mask, images=None if self._visual is not None else self._tensor,
                                 visual=self._visual)
         records = None
@@ -156,6 +171,22 @@ class MABPPredictor:
         while len(self._outputs) > self._cache_texts:
             self._outputs.popitem(last=False)
         return entry
+
+    @torch.inference_mode()
+    def encode_text(self, text: str) -> tuple:
+        """(tokenizer output, text features (1, L, C), attention mask (1, L)) for `text`, cached per text
+        (LRU of `cache_texts` entries) independently of the image: the text encoder never sees it."""
+        hit = self._lang.get(text)
+        if hit is not None:
+            self._lang.move_to_end(text)
+            return hit
+        tok = self.tokenizer([text])
+        mask = tok.attention_mask.to(self.device)
+        lang = self.model.encode_text(tok.input_ids.to(self.device), mask)
+        self._lang[text] = (tok, lang, mask)
+        while len(self._lang) > self._cache_texts:
+            self._lang.popitem(last=False)
+        return tok, lang, mask
 
     def predict(self, text: str, threshold: Optional[float] = None, nt_rule: Optional[str] = None,
                 min_pixels: Optional[int] = None, introspect: bool = False) -> GRESResult:
@@ -211,3 +242,28 @@ class MABPPredictor:
     def outputs_for(self, text: str) -> dict:
         """Raw model outputs (lists of tensors) for an expression on the current image."""
         return self.run_model(self.check_text(text, self.tokenizer))["outputs"]
+
+    def predict_video(self, frames: Iterable, text: Union[str, Sequence[str]], threshold: Optional[float] = None,
+                      nt_rule: Optional[str] = None, min_pixels: Optional[int] = None) -> Iterator[VideoFrameResult]:
+        """Segment one or several expressions on every frame of a clip, frame by frame (paper §IV-D:
+        each frame is an independent image).
+
+        Args:
+            frames: an iterable of (H, W, 3) uint8 RGB frames, or of (index, frame) pairs (what
+                `mabp.video_io.iter_frames` yields); consumed lazily, one frame at a time.
+            text: one expression or a list of them; each is tokenised and run through the text encoder
+                once per clip (`encode_text` caches it); the image is encoded once per frame (`set_image`).
+            threshold, nt_rule, min_pixels: as `predict`.
+        Yields: a VideoFrameResult per frame, in order, so memory stays bounded on long clips.
+        Raises: InputError for a missing / empty expression (before any frame is read) or a bad frame.
+        """
+        texts = [text] if isinstance(text, str) or text is None else list(text)
+        if not texts:
+            raise InputError("No expression was given: type what to segment, e.g. 'the red circle'.")
+        texts = [self.check_text(t, self.tokenizer) for t in texts]
+        for k, item in enumerate(frames):
+            index, frame = item if isinstance(item, tuple) and len(item) == 2 else (k, item)
+            self.set_image(frame)
+            results = [self.predict(t, threshold=threshold, nt_rule=nt_rule, min_pixels=min_pixels) for t in texts]
+            yield VideoFrameResult(index=int(index), results=results, set_image_ms=self.set_image_ms,
+                                   image=self._image)

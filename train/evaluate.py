@@ -4,6 +4,7 @@
     python -m train.evaluate --checkpoint C --dataset synthgres --world photo --split testA   # real objects
     python -m train.evaluate --checkpoint C --dataset grefcoco --split val --root datasets
     python -m train.evaluate --checkpoint C --dataset grefcoco --split val --root <a SynthGRES export>
+    python -m train.evaluate --checkpoint C --dataset mevis --split valid_u --root DIR   (J, F, J&F: train/video_eval.py)
 
 Protocol (MABP's ReferEvaluator):
 - every (ref, sentence) pair is one sample;
@@ -531,6 +532,9 @@ def _one_line(e: BaseException, limit: int = 500) -> str:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """CLI entry point; returns the exit code (0 ok, 2 bad input)."""
     args = build_parser().parse_args(argv)
+    if args.dataset == "mevis":  # video: J / F / J&F, frame by frame (train/video_eval.py)
+        from train.video_eval import main_from_args
+        return main_from_args(args)
     try:
         ckpt_path, ckpt, model, dataset = _setup(args)
     except EvalInputError as e:

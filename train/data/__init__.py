@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from typing import Any, Optional
 
-DATASET_NAMES = ("synthgres", "grefcoco", "refcoco", "refcoco+", "refcocog")
+DATASET_NAMES = ("synthgres", "grefcoco", "refcoco", "refcoco+", "refcocog", "mevis")
 # Where real datasets live when no root is given: ReLA's convention is a `datasets/` folder; the
 # environment variable lets a machine point elsewhere without touching configs.
 DEFAULT_ROOT_ENV = "MABP_DATASETS"
@@ -26,7 +26,8 @@ def build_dataset(name: str, split: str, root: Optional[str] = None, mode: str =
     """Build a dataset by name.
 
     Args:
-        name: "synthgres", "grefcoco", "refcoco", "refcoco+" or "refcocog".
+        name: "synthgres", "grefcoco", "refcoco", "refcoco+", "refcocog" or "mevis" (video, read frame by
+            frame: train mode draws one frame per 5 adjacent ones, §IV-D; see train.data.mevis).
         split: split name ("train", "val", "testA", "testB", "test", ...).
         root: folder of a real dataset (default: $MABP_DATASETS or ./datasets); ignored by synthgres,
             which is generated on the fly (to load a SynthGRES *export*, use name="grefcoco" with the
@@ -53,6 +54,9 @@ def build_dataset(name: str, split: str, root: Optional[str] = None, mode: str =
     if key in ("refcoco", "refcoco+", "refcocog"):
         from train.data.refcoco import RefCOCO
         return RefCOCO(root, dataset=key, split=split, mode=mode, size=size, **kw)
+    if key == "mevis":
+        from train.data.mevis import MeViS
+        return MeViS(root, split, mode=mode, size=size, **kw)
     raise ValueError(f"unknown dataset {name!r}; choose one of {DATASET_NAMES}")
 
 

@@ -4,6 +4,8 @@
     python -m train.data.synthgres show --split val --index 0      # print one sample's text and tags
     python -m train.data.synthgres export --world photo --split val --out DIR   # the photo world
     python -m train.data.synthgres pack-photo-assets --out DIR     # its images, for a machine without them
+    python -m train.data.synthgres export-video --out DIR [--mevis-split valid_u] [--videos 24] [--frames 24]
+        # moving-shape clips in the MeViS layout (train/data/synthgres/video.py)
 """
 
 from __future__ import annotations
@@ -40,6 +42,17 @@ def main(argv: list[str] | None = None) -> int:
     pk = sub.add_parser("pack-photo-assets", help="copy the photo world's stamps and backgrounds into a folder "
                         "(for a machine without the Debian packages)")
     pk.add_argument("--out", required=True)
+    ev = sub.add_parser("export-video", help="write moving-shape clips in the MeViS layout")
+    ev.add_argument("--out", required=True, help="MeViS root: writes <out>/<mevis-split>/")
+    ev.add_argument("--mevis-split", default="valid_u", help="MeViS split folder name (train, valid_u, valid)")
+    ev.add_argument("--split", choices=SPLITS, default=None,
+                    help="SynthGRES source split (default: train for train, val otherwise)")
+    ev.add_argument("--videos", type=int, default=24)
+    ev.add_argument("--frames", type=int, default=24)
+    ev.add_argument("--expressions", type=int, default=4, help="at most this many per clip")
+    ev.add_argument("--size", type=int, default=320)
+    ev.add_argument("--no-masks", action="store_true", help="no mask_dict.json (like MeViS's valid)")
+    ev.add_argument("--seed", type=int, default=None)
     sh = sub.add_parser("show", help="print samples")
     sh.add_argument("--split", choices=SPLITS, default="val")
     sh.add_argument("--index", type=int, default=0)
@@ -61,6 +74,19 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         print(f"wrote {summary['refs']} refs ({summary['no_target']} no-target), {summary['images']} images, "
               f"{summary['annotations']} annotations to {args.out}")
+        return 0
+    if args.cmd == "export-video":
+        from .video import export_mevis
+
+        src = args.split or ("train" if args.mevis_split == "train" else "val")
+        try:
+            dest = export_mevis(args.out, args.mevis_split, source_split=src, num_videos=args.videos,
+                                num_frames=args.frames, size=args.size, n_expressions=args.expressions,
+                                with_masks=not args.no_masks, seed=args.seed, progress=True)
+        except ValueError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        print(f"wrote {args.videos} clips of {args.frames} frames (SynthGRES {src}) to {dest}")
         return 0
     from .dataset import SynthGRES
     from .photo import PhotoWorldUnavailable
