@@ -453,7 +453,7 @@ class Trainer:
         self.scaler.scale(loss).backward()
         self.scaler.unscale_(self.optimizer)
         clip = self.cfg["optim"]["clip_grad_norm"]
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.params, clip if clip else float("inf"))
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.params, clip if clip else float("inf"), foreach=True)
         if not self.amp and not bool(torch.isfinite(grad_norm)):
             # Without a GradScaler nothing else would stop inf/NaN gradients from reaching the weights.
             self.optimizer.zero_grad(set_to_none=True)

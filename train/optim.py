@@ -149,7 +149,10 @@ def build_optimizer(model: nn.Module, lr: float, weight_decay: float, betas: Seq
         g["params"] = list(zip(g.pop("param_names"), g["params"]))
         g["lr"] = g["base_lr"] = lr * g["lr_mult"]
         opt_groups.append(g)
-    return torch.optim.AdamW(opt_groups, lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay)
+    # foreach: one multi-tensor kernel per state update instead of a Python loop over ~450 tensors
+    # (PyTorch picks it by default only on CUDA); ~27 -> ~10 ms per lite step on 2 CPU cores.
+    return torch.optim.AdamW(opt_groups, lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay,
+                             foreach=True)
 
 
 class WarmupConstantCosine:
