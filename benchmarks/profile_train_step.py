@@ -2,7 +2,8 @@
 optimizer and the data, measured with torch.profiler on real SynthGRES batches.
 
     python benchmarks/profile_train_step.py                      # lite, the shipped recipe, batch 8
-    python benchmarks/profile_train_step.py --preset lite --batch 8 --threads 2 --repeats 3
+    python benchmarks/profile_train_step.py --batch 8 --threads 2 --repeats 3
+    python benchmarks/profile_train_step.py --repo ../old-checkout   # the same table for another checkout
 
 Method. One whole step (data -> forward -> criterion -> backward -> AdamW) runs under torch.profiler
 with a `record_function` range around every module listed in PARTS, entered and left by forward hooks,
@@ -23,7 +24,6 @@ from pathlib import Path
 from typing import Dict, List, Tuple
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 
 def parts_of(model) -> List[Tuple[str, object]]:
@@ -52,12 +52,15 @@ def parts_of(model) -> List[Tuple[str, object]]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--config", default=str(ROOT / "train/configs/lite_synthgres.yaml"))
+    ap.add_argument("--repo", default=str(ROOT), help="the checkout whose code is profiled")
+    ap.add_argument("--config", default="train/configs/lite_synthgres.yaml", help="relative to --repo")
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--set", nargs="*", default=[], help="config overrides key=value")
     args = ap.parse_args()
+    repo = Path(args.repo).resolve()
+    sys.path.insert(0, str(repo))
 
     import torch
     from torch.profiler import ProfilerActivity, profile
@@ -66,7 +69,7 @@ def main() -> None:
     from train.engine import Trainer
 
     torch.set_num_threads(args.threads)
-    cfg = load_config(args.config, [f"train.batch_size={args.batch}", "train.output_dir=/tmp/mabp-profile",
+    cfg = load_config(repo / args.config, [f"train.batch_size={args.batch}", "train.output_dir=/tmp/mabp-profile",
                                     "train.resume=null", "data.val_samples=8", *args.set])
     trainer = Trainer(cfg)
     model = trainer.bare_model

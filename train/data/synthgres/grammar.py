@@ -74,10 +74,11 @@ RELATION_PHRASES: dict[str, tuple[str, ...]] = {
 COUNT_WORDS: dict[int, str] = {2: "two", 3: "three", 4: "four"}
 
 
-def _vocabulary() -> frozenset[str]:
-    """Every word the grammar can emit (used by tests to check the closed vocabulary)."""
-    words = {"the", "all", "every", "both", "everything", "and", "except", "but", "one", "ones", "shape",
-             "shapes", *COUNT_WORDS.values(), *COLOURS, *SHAPES, *PLURAL.values()}
+def structure_words() -> set[str]:
+    """The words of the grammar's phrase tables that every world shares: determiners, conjunctions,
+    count, size, region, relation and extreme words."""
+    words = {"the", "all", "every", "both", "everything", "and", "except", "but", "one", "ones",
+             *COUNT_WORDS.values()}
     for ws in SIZE_WORDS.values():
         words.update(ws)
     for table in (REGION_PHRASES, RELATION_PHRASES, EXTREME_ONE):
@@ -87,7 +88,12 @@ def _vocabulary() -> frozenset[str]:
     for phrases in EXTREME_PHRASES.values():
         for _, p in phrases:
             words.update(p.split())
-    return frozenset(words)
+    return words
+
+
+def _vocabulary() -> frozenset[str]:
+    """Every word the grammar can emit (used by tests to check the closed vocabulary)."""
+    return frozenset(structure_words() | {"shape", "shapes", *COLOURS, *SHAPES, *PLURAL.values()})
 
 
 VOCABULARY: frozenset[str] = _vocabulary()

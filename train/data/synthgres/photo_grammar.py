@@ -25,8 +25,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .grammar import (BASE_PROFILE, COUNT_WORDS, EXTREME_ONE, EXTREME_PHRASES, PROFILES, REGION_PHRASES,
-                      RELATION_PHRASES, Expression, ExpressionGenerator, Profile, _Draft)
+from .grammar import (BASE_PROFILE, PROFILES, Expression, ExpressionGenerator, Profile, _Draft,
+                      structure_words)
 from .meaning import Filter
 from .photo import Stamp
 from .scene import Scene
@@ -88,20 +88,10 @@ class PhotoLexicon:
 
     def vocabulary(self) -> frozenset[str]:
         """Every word the photo grammar can emit."""
-        words = {"the", "all", "every", "both", "everything", "and", "except", "but", "one", "ones",
-                 *COUNT_WORDS.values(), *self.colours}
+        words = structure_words() | set(self.colours)
         for n, p in self.plural.items():
             words.update(n.split())
             words.update(p.split())
-        for ws in SIZE_WORDS.values():
-            words.update(ws)
-        for table in (REGION_PHRASES, RELATION_PHRASES, EXTREME_ONE):
-            for phrases in table.values():
-                for ph in phrases:
-                    words.update(ph.split())
-        for phrases in EXTREME_PHRASES.values():
-            for _, ph in phrases:
-                words.update(ph.split())
         return frozenset(words)
 
 
