@@ -11,6 +11,7 @@ def test_ablate_runs_variants_and_writes_tables(tmp_path, capsys):
     out = tmp_path / "abl"
     code = ablate.main(["--steps", "2", "--val-samples", "6", "--batch-size", "6", "--out", str(out),
                         "--variants", "table5_naive", "table6_nt_none", "table5_full", "table6_full", "rela",
+                        "--seeds-for", "rela=0,1", "--eval-every", "1",
                         "--set", "train.batch_size=2", "data.val_samples=4"])
     assert code == 0
     table = (out / "ablation.md").read_text()
@@ -24,6 +25,25 @@ def test_ablate_runs_variants_and_writes_tables(tmp_path, capsys):
     for name in ("table5_naive", "table6_nt_none", "table5_full", "rela"):
         run = res[name][0]
         assert run["steps"] == 2 and run["n"] == 6 and run["gIoU"] is not None
+        assert [p["step"] for p in run["curve"]] == [1, 2] and set(run["by_tag"]) <= set(ablate.TAGS)
+        assert (out / name / "seed0" / "ablation_result.json").is_file()
+    assert len(res["rela"]) == 2 and len(res["table5_naive"]) == 1  # --seeds-for
+    assert (out / "curves.png").stat().st_size > 0
+    assert "gIoU by target tag" in table and "The paper's claims" in table
+    assert {v["claim"] for v in data["verdicts"]} >= {"MABP over ReLA (gIoU)"}
     # a re-run resumes finished runs instead of training again
     assert ablate.main(["--steps", "2", "--val-samples", "6", "--out", str(out), "--variants", "rela",
                         "--set", "train.batch_size=2", "data.val_samples=4"]) == 0
+
+
+def test_claim_verdicts_by_hand():
+    runs = lambda *vals: [{"gIoU": v, "N-acc": v} for v in vals]  # noqa: E731
+    res = {"table5_naive": runs(60.0, 61.0, 59.0), "table5_rsh": runs(65.0, 66.0, 64.0),
+           "table5_mmd": runs(64.0, 67.0, 65.0), "table5_full": runs(50.0)}
+    v = {x["claim"]: x for x in ablate.claim_verdicts(res)}
+    assert v["RSH over the naive head"]["verdict"] == "holds" and v["RSH over the naive head"]["diff"] == 5.0
+    assert v["MMD over RIA/RLA"]["verdict"] == "within noise"
+    assert v["query generator over random queries"]["verdict"] == "one seed: noise unknown"
+    res["table5_rsh"] = runs(50.0, 51.0, 49.0)
+    assert {x["claim"]: x for x in ablate.claim_verdicts(res)}["RSH over the naive head"]["verdict"] == "reversed"
+    assert "MABP over ReLA (gIoU)" not in v  # ReLA not run: no verdict

@@ -2,14 +2,19 @@
 seeds, printed in the paper's layout with the paper's numbers beside ours.
 
     python -m train.ablate --dataset synthgres --steps 300 --seeds 0 1 2
-    python -m train.ablate --config train/configs/lite_synthgres.yaml --steps 2000 --variants table5_full rela \
-        --set train.batch_size=8
+    python -m train.ablate --config train/configs/lite_synthgres.yaml --steps 2000 --seeds 0 1 \
+        --seeds-for table5_naive=0,1,2 table5_full=0,1,2 rela=0,1,2 --eval-every 250 --val-samples 1000 \
+        --set train.batch_size=8 --out runs/ablate_lite
 
 Every variant is the base training config (`--config`, default tiny_synthgres.yaml) with the variant's
 model overrides (mabp.variants.VARIANTS) and `schedule.max_steps = --steps`; each (variant, seed) run
 lives in `<out>/<variant>/seed<k>/` and is resumed if it already finished or was interrupted. The final
 weights (last.pt) are then evaluated with the official protocol on the first `--val-samples` val
-expressions. Results: `<out>/ablation.md` (the tables) and `<out>/ablation.json` (every number).
+expressions (cached in `<run>/ablation_result.json`, so a re-run only trains and evaluates what is
+missing: a sweep survives stopped sessions). Results: `<out>/ablation.md` (the tables with mean ± std over
+seeds and the paper's numbers, breakdowns by target tag, one verdict per paper claim, wall-clock per run),
+`<out>/ablation.json` (every number) and `<out>/curves.png` (val gIoU and N-acc against training steps for
+Naive, full MABP and ReLA, from the runs' in-training evaluations every `--eval-every` steps).
 """
 from __future__ import annotations
 
@@ -46,6 +51,20 @@ ROWS = {
     "Baseline": [("rela", "ReLA (100 queries, RIA/RLA, minimap aggregation)")],
 }
 METRICS = ("cIoU", "gIoU", "N-acc", "T-acc", "N-acc(MABP-code)", "Pr@0.9", "Pr@0.8", "Pr@0.7")
+# The paper's claims (gRefCOCO val): (claim, baseline variant, variant, metric, paper's difference).
+CLAIMS = [
+    ("RSH over the naive head", "table5_naive", "table5_rsh", "gIoU", 2.83),
+    ("MMD over RIA/RLA", "table5_rsh", "table5_mmd", "gIoU", 0.88),
+    ("MMD helps no-target samples", "table5_rsh", "table5_mmd", "N-acc", None),
+    ("query generator over random queries", "table5_mmd", "table5_full", "gIoU", 0.85),
+    ("NT branch on the last head over no NT branch", "table6_nt_none", "table6_nt_last", "N-acc", 2.14),
+    ("NT branch on all heads over the last head only", "table6_nt_last", "table6_full", "N-acc", 4.15),
+    ("deep supervision of the main branch", "table6_main_last", "table6_full", "gIoU", 1.12),
+    ("MABP over ReLA (gIoU)", "rela", "table5_full", "gIoU", 3.0),
+    ("MABP over ReLA (N-acc)", "rela", "table5_full", "N-acc", 7.0),
+]
+TAGS = ("single", "multi-same", "multi-mixed", "no-target")
+CURVE_VARIANTS = ("table5_naive", "table5_full", "rela")
 # Table V's "full" and Table VI's "full" are the same model: train it once.
 ALIASES = {"table6_full": "table5_full"}
 
@@ -58,6 +77,8 @@ def variant_overrides(name: str) -> Dict[str, Any]:
 
 
 def run_variant(name: str, seed: int, args: argparse.Namespace) -> Dict[str, Any]:
+    """Train (or resume) one (variant, seed) run and evaluate its last.pt; the result is cached in the run
+    folder, so a finished run is neither trained nor evaluated again."""
     import torch
 
     from mabp import build_mabp
@@ -66,8 +87,18 @@ def run_variant(name: str, seed: int, args: argparse.Namespace) -> Dict[str, Any
     from train.fit import fit
 
     out = Path(args.out) / name / f"seed{seed}"
+    cached = out / "ablation_result.json"
+    key = {"steps": args.steps, "val_samples": args.val_samples, "split": args.split, "dataset": args.dataset}
+    if cached.is_file():
+        try:
+            data = json.loads(cached.read_text())
+            if data.get("key") == key:
+                return data["metrics"]
+        except (OSError, ValueError):
+            pass  # unreadable: evaluate again
+    eval_every = args.eval_every or args.steps
     overrides = [f"schedule.max_steps={args.steps}", f"train.seed={seed}", f"train.output_dir={out}",
-                 "train.resume=auto", f"train.eval_every={args.steps}", f"train.log_every={max(1, args.steps // 20)}"]
+                 "train.resume=auto", f"train.eval_every={eval_every}", f"train.log_every={max(1, args.steps // 20)}"]
     extra = {"model": {"overrides": variant_overrides(name)}}
     t0 = time.time()
     summary = fit(args.config, overrides + list(args.override), extra)
@@ -81,8 +112,24 @@ def run_variant(name: str, seed: int, args: argparse.Namespace) -> Dict[str, Any
     res = evaluate_model(model, dataset, batch_size=args.batch_size, limit=args.val_samples, progress=False,
                          min_pixels=model.cfg.inference.min_pixels)
     metrics = {k: res["metrics"].get(k) for k in METRICS}
-    metrics.update(train_s=round(train_s, 1), steps=summary.get("step"), n=res["n"], nt_rule=res["nt_rule"],
-                   params=sum(p.numel() for p in model.parameters()))
+    by_tag = res.get("breakdowns", {}).get("target", {})
+    metrics["by_tag"] = {t: {m: by_tag[t].get(m) for m in ("gIoU", "cIoU", "N-acc", "n")} for t in by_tag}
+    log_path = out / "log.jsonl"
+    train_records = [json.loads(line) for line in log_path.read_text().splitlines() if line.strip()] \
+        if log_path.is_file() else []
+    metrics["curve"] = [{"step": r["step"], "gIoU": r.get("gIoU"), "N-acc": r.get("N-acc")}
+                        for r in train_records if r.get("type") == "eval"]
+    # wall-clock of the training itself: this call's, or for a run resumed across sessions the sum of the
+    # logged intervals (each train record covers the steps since the previous one)
+    logged, prev = 0.0, 0
+    for r in train_records:
+        if r.get("type") == "train" and r.get("sec_per_step") is not None:
+            logged += r["sec_per_step"] * max(0, r["step"] - prev)
+            prev = r["step"]
+    metrics.update(train_s=round(max(train_s, logged), 1), steps=summary.get("step"), n=res["n"],
+                   nt_rule=res["nt_rule"], params=sum(p.numel() for p in model.parameters()),
+                   eval_s=round(res.get("wall_time_s", 0.0), 1))
+    cached.write_text(json.dumps({"key": key, "metrics": metrics}, indent=1))
     torch.cuda.empty_cache() if torch.cuda.is_available() else None
     return metrics
 
@@ -97,7 +144,7 @@ def _fmt(values: List[Optional[float]]) -> str:
 
 
 def format_tables(results: Dict[str, List[Dict[str, Any]]], args: argparse.Namespace) -> str:
-    seeds = " ".join(str(s) for s in args.seeds)
+    seeds = " ".join(str(s) for s in args.seeds) + "".join(f"; {x}" for x in getattr(args, "seeds_for", []))
     lines = [f"Ablations on {args.dataset}/{args.split} (first {args.val_samples} expressions), "
              f"{args.steps} steps per run, base config `{args.config}`, seeds {seeds} (mean ± std over seeds). "
              "Paper columns: gRefCOCO val (paper Tables V, VI); N-acc there is the official evaluator's "
@@ -119,7 +166,84 @@ def format_tables(results: Dict[str, List[Dict[str, Any]]], args: argparse.Names
     lines.append("N-acc / T-acc here: ReLA's definitions (TP/(TP+FN), TN/(TN+FP)); no-target rule "
                  f"{next(iter(results.values()))[0].get('nt_rule', '?')}; variants without an NT branch use the "
                  "paper's < 50 positive pixels rule.")
+    lines += ["", "### gIoU by target tag (N-acc for no-target)", "",
+              "| model | " + " | ".join(TAGS) + " | seeds | train min / run |", "|---|" + "---|" * (len(TAGS) + 2)]
+    labels = {k: label for rows in ROWS.values() for k, label in rows}
+    for key, runs in results.items():
+        if key in ALIASES:
+            continue
+        cells = []
+        for t in TAGS:
+            m = "N-acc" if t == "no-target" else "gIoU"
+            cells.append(_fmt([(r.get("by_tag") or {}).get(t, {}).get(m) for r in runs]))
+        minutes = _fmt([r.get("train_s", 0) / 60 for r in runs])
+        lines.append(f"| {labels.get(key, key)} | " + " | ".join(cells) + f" | {len(runs)} | {minutes} |")
+    verdicts = claim_verdicts(results)
+    if verdicts:
+        lines += ["", "### The paper's claims on this data", "",
+                  "| claim | metric | ours (variant − baseline) | noise (2 × std error) | paper | verdict |",
+                  "|---|---|---|---|---|---|"]
+        for v in verdicts:
+            paper = "–" if v["paper"] is None else f"+{v['paper']:.2f}"
+            lines.append(f"| {v['claim']} | {v['metric']} | {v['diff']:+.2f} | ±{v['noise']:.2f} | {paper} | "
+                         f"**{v['verdict']}** |")
+        lines.append("")
+        lines.append("Verdict: 'holds' when the difference is positive and larger than twice its standard error "
+                     "over seeds, 'reversed' when it is negative and larger, 'within noise' otherwise (with one "
+                     "seed the noise is unknown and the verdict says so).")
     return "\n".join(lines)
+
+
+def claim_verdicts(results: Dict[str, List[Dict[str, Any]]]) -> List[Dict[str, Any]]:
+    """One verdict per paper claim whose two variants were run: holds / reversed / within noise."""
+    out = []
+    for claim, base, variant, metric, paper in CLAIMS:
+        a = [r.get(metric) for r in results.get(base, []) if r.get(metric) is not None]
+        b = [r.get(metric) for r in results.get(variant, []) if r.get(metric) is not None]
+        if not a or not b:
+            continue
+        diff = statistics.mean(b) - statistics.mean(a)
+        if len(a) < 2 or len(b) < 2:
+            noise, verdict = float("nan"), "one seed: noise unknown"
+        else:
+            noise = 2 * (statistics.variance(a) / len(a) + statistics.variance(b) / len(b)) ** 0.5
+            verdict = "holds" if diff > noise else "reversed" if diff < -noise else "within noise"
+        out.append({"claim": claim, "metric": metric, "baseline": base, "variant": variant, "diff": diff,
+                    "noise": noise, "paper": paper, "verdict": verdict})
+    return out
+
+
+def plot_curves(results: Dict[str, List[Dict[str, Any]]], path: Path) -> Optional[Path]:
+    """val gIoU and N-acc against training steps (mean over seeds) for Naive, full MABP and ReLA."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    labels = {"table5_naive": "Naive", "table5_full": "full MABP", "rela": "ReLA"}
+    fig = Figure(figsize=(10, 4), dpi=100)
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, 2)
+    drawn = False
+    for key in CURVE_VARIANTS:
+        runs = [r.get("curve") or [] for r in results.get(key, [])]
+        steps = sorted({p["step"] for c in runs for p in c})
+        for ax, metric in zip(axes, ("gIoU", "N-acc")):
+            ys = []
+            for st in steps:
+                vals = [p[metric] for c in runs for p in c if p["step"] == st and p.get(metric) is not None]
+                ys.append(statistics.mean(vals) if vals else float("nan"))
+            if steps:
+                ax.plot(steps, ys, "-o", markersize=3, label=labels[key])
+                drawn = True
+    if not drawn:
+        return None
+    for ax, metric in zip(axes, ("val gIoU (in-training subset)", "val N-acc (ReLA's TP/(TP+FN))")):
+        ax.set_xlabel("training step")
+        ax.set_ylabel("%")
+        ax.set_title(metric)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    return path
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -130,6 +254,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ap.add_argument("--config", default="train/configs/tiny_synthgres.yaml")
     ap.add_argument("--steps", type=int, default=300)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0])
+    ap.add_argument("--seeds-for", nargs="+", default=[], metavar="VARIANT=S1,S2",
+                    help="other seeds for some variants, e.g. table5_naive=0,1,2 rela=0,1,2")
+    ap.add_argument("--eval-every", type=int, default=0,
+                    help="in-training evaluation every N steps (on data.val_samples expressions) for the curves")
     ap.add_argument("--variants", nargs="+", default=[k for rows in ROWS.values() for k, _ in rows])
     ap.add_argument("--val-samples", type=int, default=500)
     ap.add_argument("--batch-size", type=int, default=16)
@@ -143,6 +271,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             args.override.append(f"data.root={args.root}")
     for v in args.variants:
         variant_overrides(ALIASES.get(v, v))
+    seeds_for: Dict[str, List[int]] = {}
+    for item in args.seeds_for:
+        name, _, seeds = item.partition("=")
+        try:
+            seeds_for[ALIASES.get(name, name)] = [int(x) for x in seeds.split(",") if x.strip()]
+        except ValueError:
+            print(f"error: --seeds-for wants VARIANT=S1,S2,..., got {item!r}", file=sys.stderr)
+            return 2
+        variant_overrides(ALIASES.get(name, name))
     results: Dict[str, List[Dict[str, Any]]] = {}
     trained: Dict[str, List[Dict[str, Any]]] = {}
     try:
@@ -150,7 +287,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             base = ALIASES.get(v, v)
             if base not in trained:
                 trained[base] = []
-                for seed in args.seeds:
+                for seed in seeds_for.get(base, args.seeds):
                     print(f"== {base} seed {seed}", file=sys.stderr)
                     trained[base].append(run_variant(base, seed, args))
             results[v] = trained[base]
@@ -171,7 +308,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "ablation.md").write_text(table + "\n")
-    (out / "ablation.json").write_text(json.dumps({"args": vars(args), "results": results, "paper": PAPER}, indent=2))
+    (out / "ablation.json").write_text(json.dumps({"args": vars(args), "results": results, "paper": PAPER,
+                                                   "verdicts": claim_verdicts(results)}, indent=2))
+    plot_curves(results, out / "curves.png")
     print(table)
     print(f"\nwritten: {out / 'ablation.md'}, {out / 'ablation.json'}")
     return 0
