@@ -75,8 +75,8 @@ def main() -> int:
             if ok:
                 kept.append(e)
             else:
-                print(f"drop {it['file']}: {e['text']!r} (expected {e['expected']}, got "
-                      f"{'no target' if r.no_target else f'IoU {iou:.2f}'})")
+                got = "no target" if r.no_target else ("a mask" if iou is None else f"IoU {iou:.2f}")
+                print(f"drop {it['file']}: {e['text']!r} (expected {e['expected']}, got {got})")
         if kept:
             kept_items.append({**it, "expressions": kept})
         else:
