@@ -100,7 +100,7 @@ def expected_label(expr: Dict[str, Any], objects: Optional[List[Dict[str, Any]]]
     if exp == "target" and ids:
         by_id = {o.get("id"): o for o in (objects or [])}
         if all(i in by_id for i in ids):
-            names = [" ".join(str(by_id[i].get(k, "")) for k in ("size", "colour", "shape")).strip() for i in ids]
+            names = [" ".join(str(by_id[i][k]) for k in ("size", "colour", "shape") if by_id[i].get(k)) for i in ids]
             return "target: " + " + ".join(names)
         return f"target: object{'s' if len(ids) > 1 else ''} {', '.join(str(i) for i in ids)}"
     return exp

@@ -36,6 +36,11 @@ def answered_right(predictor, text: str, gt_mask, min_iou: float):
     return iou >= min_iou, iou, r
 
 
+def photo_objects(scene) -> list:
+    """The scene's objects in the gallery's words (the app names an expected target by them)."""
+    return [{"id": int(o.index), "size": o.size, "colour": o.colour or "", "shape": o.noun} for o in scene.objects]
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--checkpoint", default=None)
@@ -97,7 +102,7 @@ def main() -> int:
                 good.append(entry)
         if len(good) >= args.min_per_scene and any(e["expected"] == "target" for e in good):
             photos.append({"kind": "synthgres-photo", "seed": seed, "title": f"SynthGRES photo scene #{seed}",
-                           "expressions": good[:args.max_per_scene]})
+                           "expressions": good[:args.max_per_scene], "objects": photo_objects(scene)})
             print(f"photo seed {seed}: {len(good)} of {len(suggestions)} suggestions answered right")
     data["examples"] = kept_items + photos
     if args.dry_run:
