@@ -1,8 +1,10 @@
-"""Shared by tests/test_app.py and tests/test_app_browser.py: a tiny-model app, awkward input files,
-a forced no-target switch and a server on a free loopback port."""
+"""Shared by the app tests (tests/test_app.py and the browser tests): a tiny-model app, awkward input
+files, a forced no-target switch, a server on a free loopback port, and the headless-Chromium setup."""
 from __future__ import annotations
 
 import contextlib
+import os
+import shutil
 import socket
 import time
 from pathlib import Path
@@ -17,6 +19,28 @@ from mabp.predictor import MABPPredictor
 
 ROOT = Path(__file__).resolve().parents[1]
 SCENE = ROOT / "assets" / "examples" / "scene.png"
+
+# Headless Chromium for the browser tests: Debian's binary (scripts/setup_browser.sh), driven by playwright.
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync", "--no-first-run"]
+BROWSER_TIMEOUT_MS = 90_000  # generous: CI shares 2 cores with whatever else runs
+try:
+    from playwright.sync_api import expect, sync_playwright  # noqa: F401 - re-exported for the browser tests
+except ImportError:  # pragma: no cover - depends on the machine
+    expect = sync_playwright = None
+
+
+def browser_skips() -> list:
+    """pytest marks that skip a browser test module when Chromium or playwright is missing."""
+    import pytest
+
+    return [
+        pytest.mark.skipif(not (os.path.exists(CHROMIUM) or shutil.which("chromium")),
+                           reason=f"{CHROMIUM} is missing: run scripts/setup_browser.sh (apt-get install chromium)"),
+        pytest.mark.skipif(sync_playwright is None,
+                           reason="the playwright package is missing: run scripts/setup_browser.sh (pip install playwright)"),
+    ]
 
 
 def tiny_predictor(seed: int = 0) -> MABPPredictor:

@@ -15,25 +15,14 @@ import shutil
 
 import pytest
 
-from tests.app_helpers import SCENE, force_no_target, running, tiny_predictor
+from tests.app_helpers import (BROWSER_TIMEOUT_MS, CHROMIUM, CHROMIUM_ARGS, SCENE, browser_skips, expect,
+                               force_no_target, running, sync_playwright, tiny_predictor)
 
-CHROMIUM = "/usr/bin/chromium"
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking",
-        "--disable-component-update", "--disable-sync", "--no-first-run"]
+ARGS = CHROMIUM_ARGS
 
-try:
-    from playwright.sync_api import expect, sync_playwright
-except ImportError:  # pragma: no cover - depends on the machine
-    sync_playwright = None
+pytestmark = browser_skips()
 
-pytestmark = [
-    pytest.mark.skipif(not (os.path.exists(CHROMIUM) or shutil.which("chromium")),
-                       reason=f"{CHROMIUM} is missing: run scripts/setup_browser.sh (apt-get install chromium)"),
-    pytest.mark.skipif(sync_playwright is None,
-                       reason="the playwright package is missing: run scripts/setup_browser.sh (pip install playwright)"),
-]
-
-TIMEOUT_MS = 90_000  # generous: CI shares 2 cores with whatever else runs
+TIMEOUT_MS = BROWSER_TIMEOUT_MS
 
 
 @pytest.fixture(scope="module")

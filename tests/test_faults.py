@@ -26,6 +26,7 @@ from mabp.registry import (CheckpointError, CheckpointWriteError, build_mabp, lo
 from train.checkpointing import previous_path
 from train.fit import fit, main as fit_main
 from train.run_lock import RunLock, RunLockedError
+from tests.test_train import tiny_extra as _tiny_run
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "train" / "configs" / "tiny_synthgres.yaml"
@@ -34,15 +35,8 @@ pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def tiny_extra(out: Path, **sections) -> dict:
-    extra = {
-        "data": {"epoch_length": 8, "val_samples": 4, "num_workers": 0},
-        "schedule": {"max_steps": 6},
-        "train": {"batch_size": 2, "log_every": 1, "eval_every": 0, "ckpt_every": 2, "output_dir": str(out),
-                  "tensorboard": False},
-    }
-    for section, values in sections.items():
-        extra.setdefault(section, {}).update(values)
-    return extra
+    """test_train's few-step tiny run, without evaluations and with a checkpoint every 2 steps."""
+    return _tiny_run(out, **{**sections, "train": {"eval_every": 0, "ckpt_every": 2, **sections.get("train", {})}})
 
 
 def cli_args(out: Path, *more: str) -> list:

@@ -7,25 +7,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.app_helpers import running, tiny_predictor
+from tests.app_helpers import (BROWSER_TIMEOUT_MS, CHROMIUM, CHROMIUM_ARGS, browser_skips, expect,
+                               running, sync_playwright, tiny_predictor)
 
-CHROMIUM = "/usr/bin/chromium"
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking",
-        "--disable-component-update", "--disable-sync", "--no-first-run"]
+ARGS = CHROMIUM_ARGS
 CLIP = Path(__file__).resolve().parents[1] / "assets" / "examples" / "video" / "synth_val_00003.mp4"
-TIMEOUT_MS = 90_000
+TIMEOUT_MS = BROWSER_TIMEOUT_MS
 
-try:
-    from playwright.sync_api import expect, sync_playwright
-except ImportError:  # pragma: no cover - depends on the machine
-    sync_playwright = None
-
-pytestmark = [
-    pytest.mark.skipif(not (os.path.exists(CHROMIUM) or shutil.which("chromium")),
-                       reason=f"{CHROMIUM} is missing: run scripts/setup_browser.sh (apt-get install chromium)"),
-    pytest.mark.skipif(sync_playwright is None,
-                       reason="the playwright package is missing: run scripts/setup_browser.sh (pip install playwright)"),
-]
+pytestmark = browser_skips()
 
 
 def test_video_tab_plays_the_overlay_in_a_browser():
