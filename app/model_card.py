@@ -5,7 +5,7 @@ val scores and the closed vocabulary the model was trained on. The vocabulary co
 
   1. the checkpoint's `"vocabulary"` key (`mabp.vocabulary.ModelVocabulary`, written by train.export);
   2. for older checkpoints whose stored training config says `data.dataset: synthgres`, the SynthGRES
-     shapes world's words (`train.data.synthgres.vocab.shapes_vocabulary`);
+     shapes world's words (`train.data.synthgres.world_vocabulary.world_vocabulary("shapes")`);
   3. converted paper weights (a `"converted_from"` record): none, the model reads open text with BERT;
   4. anything else: unknown.
 
@@ -76,9 +76,9 @@ def vocabulary_of(ckpt: Dict[str, Any]) -> Tuple[Optional[ModelVocabulary], str]
     if vocab is not None:
         return vocab, "closed"
     if _dataset_of(ckpt) == "synthgres":
-        from train.data.synthgres.vocab import shapes_vocabulary
+        from train.data.synthgres.world_vocabulary import world_vocabulary
 
-        return shapes_vocabulary(), "closed"
+        return world_vocabulary("shapes"), "closed"
     if ckpt.get("converted_from"):
         return None, OPEN_VOCABULARY
     return None, UNKNOWN_VOCABULARY

@@ -478,9 +478,9 @@ def test_view_switch_and_large_images_preview_at_most_1600_px(tmp_path):
 
 def test_out_of_vocabulary_expressions_get_a_notice_and_still_an_answer(files):
     from app.model_card import ModelCard
-    from train.data.synthgres.vocab import shapes_vocabulary
+    from train.data.synthgres.world_vocabulary import world_vocabulary
 
-    card = ModelCard(preset="lite", worlds=("SynthGRES shapes",), vocabulary=shapes_vocabulary(),
+    card = ModelCard(preset="lite", worlds=("SynthGRES shapes",), vocabulary=world_vocabulary("shapes"),
                      vocabulary_kind="closed")
     cbx = DemoCallbacks(SegmentService(tiny_predictor()), card=card)
     for text in ("the woman", "🔴 ⭕ 🟢", "红色的圆", "?!..."):

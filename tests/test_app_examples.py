@@ -149,9 +149,9 @@ def test_model_card_kinds_from_what_the_checkpoint_stores(tmp_path):
 def test_shapes_vocabulary_covers_the_grammar():
     from mabp.vocabulary import FUNCTION_WORDS
     from train.data.synthgres.grammar import VOCABULARY
-    from train.data.synthgres.vocab import shapes_vocabulary
+    from train.data.synthgres.world_vocabulary import world_vocabulary
 
-    v = shapes_vocabulary()
+    v = world_vocabulary("shapes")
     assert v.worlds == ("shapes",) and set(VOCABULARY) - FUNCTION_WORDS <= v.content_words()
     assert "left" in v.spatial and "two" in v.count_words and v.plurals["cross"] == "crosses"
     assert v.is_out_of_vocabulary("the woman") and v.is_out_of_vocabulary("🔴 ⭕ 🟢")

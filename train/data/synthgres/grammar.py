@@ -74,20 +74,20 @@ RELATION_PHRASES: dict[str, tuple[str, ...]] = {
 COUNT_WORDS: dict[int, str] = {2: "two", 3: "three", 4: "four"}
 
 
+def spatial_phrase_words() -> list[str]:
+    """Every word of the region, relation and extreme phrase tables, in table order, each once."""
+    phrases = [p for table in (REGION_PHRASES, RELATION_PHRASES, EXTREME_ONE) for ps in table.values() for p in ps]
+    phrases += [p for ps in EXTREME_PHRASES.values() for _, p in ps]
+    return list(dict.fromkeys(w for p in phrases for w in p.split()))
+
+
 def structure_words() -> set[str]:
     """The words of the grammar's phrase tables that every world shares: determiners, conjunctions,
     count, size, region, relation and extreme words."""
     words = {"the", "all", "every", "both", "everything", "and", "except", "but", "one", "ones",
-             *COUNT_WORDS.values()}
+             *COUNT_WORDS.values(), *spatial_phrase_words()}
     for ws in SIZE_WORDS.values():
         words.update(ws)
-    for table in (REGION_PHRASES, RELATION_PHRASES, EXTREME_ONE):
-        for phrases in table.values():
-            for p in phrases:
-                words.update(p.split())
-    for phrases in EXTREME_PHRASES.values():
-        for _, p in phrases:
-            words.update(p.split())
     return words
 
 
@@ -293,9 +293,14 @@ class ExpressionGenerator:
             words.append(self._choice(SIZE_WORDS[f.size]))
         if f.colour:
             words.append(f.colour)
-        noun = f.shape or "shape"
-        words.append(PLURAL[noun] if plural else noun)
+        noun = f.shape or self.generic_noun
+        words.append(self.plural_of(noun) if plural else noun)
         return " ".join(words)
+
+    generic_noun = "shape"  # what an expression says when it names no category
+
+    def plural_of(self, noun: str) -> str:
+        return PLURAL[noun]
 
     def noun_phrase(self, f: Filter, n: int, allow_all: bool = True) -> tuple[str, Callable[[int], bool]]:
         """Determiner + core agreeing with the evaluated count n (n = 0 only for no-target)."""

@@ -30,7 +30,6 @@ from .grammar import (BASE_PROFILE, PROFILES, Expression, ExpressionGenerator, P
 from .meaning import Filter
 from .photo import Stamp
 from .scene import Scene
-from .vocab import SIZE_WORDS
 
 GENERIC_NOUN, GENERIC_PLURAL = "object", "objects"
 
@@ -129,16 +128,11 @@ class PhotoExpressionGenerator(ExpressionGenerator):
         """No category, or a taxonomy word (both can cover several nouns)."""
         return f.shape is None or f.shape in self.lexicon.groups
 
-    def core(self, f: Filter, plural: bool) -> str:
-        """[size] [colour] noun | taxonomy word | object(s)."""
-        words = []
-        if f.size:
-            words.append(self._choice(SIZE_WORDS[f.size]))
-        if f.colour:
-            words.append(f.colour)
-        noun = f.shape or GENERIC_NOUN
-        words.append(self.lexicon.plural[noun] if plural else noun)
-        return " ".join(words)
+    # core(): [size] [colour] noun | taxonomy word | object(s)
+    generic_noun = GENERIC_NOUN
+
+    def plural_of(self, noun: str) -> str:
+        return self.lexicon.plural[noun]
 
     def _base_phrase(self, fb: Filter) -> str:
         if fb.n_attrs == 0:

@@ -58,32 +58,3 @@ SIDES: tuple[str, ...] = ("left", "right", "top", "bottom")
 RELATIONS: tuple[str, ...] = ("left of", "right of", "above", "below", "next to")
 
 MAX_WORDS = 16
-
-
-def shapes_vocabulary():
-    """The closed vocabulary of the SynthGRES shapes world as a `mabp.vocabulary.ModelVocabulary`.
-
-    For checkpoints trained on SynthGRES that predate the `"vocabulary"` checkpoint key: the app lists
-    these words and warns when an expression uses none of them. Spatial words are every word of the
-    grammar's region, extreme and relation phrases that is not a function word ("the", "of").
-    """
-    from mabp.vocabulary import FUNCTION_WORDS, ModelVocabulary
-
-    from .grammar import COUNT_WORDS, EXTREME_ONE, EXTREME_PHRASES, REGION_PHRASES, RELATION_PHRASES, VOCABULARY
-
-    spatial: list[str] = []
-    for table in (REGION_PHRASES, RELATION_PHRASES, EXTREME_ONE):
-        for phrases in table.values():
-            for phrase in phrases:
-                spatial.extend(phrase.split())
-    for phrases in EXTREME_PHRASES.values():
-        for _where, phrase in phrases:
-            spatial.extend(phrase.split())
-    spatial = [w for w in dict.fromkeys(spatial) if w not in FUNCTION_WORDS]
-    counts = [*COUNT_WORDS.values(), "both"]
-    sizes = [w for ws in SIZE_WORDS.values() for w in ws]
-    nouns = [*SHAPES, "shape"]
-    listed = set(nouns) | set(PLURAL.values()) | set(COLOURS) | set(spatial) | set(counts) | set(sizes)
-    other = sizes + sorted(w for w in VOCABULARY if w not in listed and w not in FUNCTION_WORDS)
-    return ModelVocabulary(worlds=("shapes",), nouns=tuple(nouns), plurals=dict(PLURAL), colours=COLOURS,
-                           spatial=tuple(spatial), count_words=tuple(counts), other=tuple(other))

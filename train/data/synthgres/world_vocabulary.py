@@ -15,7 +15,7 @@ from typing import Any, Mapping
 
 from mabp.vocabulary import FUNCTION_WORDS, ModelVocabulary
 
-from .grammar import COUNT_WORDS, EXTREME_ONE, EXTREME_PHRASES, REGION_PHRASES, RELATION_PHRASES
+from .grammar import COUNT_WORDS, spatial_phrase_words
 from .vocab import COLOURS, PLURAL, SHAPES, SIZE_WORDS
 
 WORLD_NAMES = ("shapes", "photo", "mixed")
@@ -23,15 +23,7 @@ WORLD_NAMES = ("shapes", "photo", "mixed")
 
 def _spatial_words() -> tuple[str, ...]:
     """Content words of the region, relation and extreme phrases ("left", "corner", "above", ...)."""
-    words: list[str] = []
-    tables = [REGION_PHRASES, RELATION_PHRASES, EXTREME_ONE]
-    phrases = [p for t in tables for ps in t.values() for p in ps]
-    phrases += [p for ps in EXTREME_PHRASES.values() for _, p in ps]
-    for p in phrases:
-        for w in p.split():
-            if w not in FUNCTION_WORDS and w not in words:
-                words.append(w)
-    return tuple(words)
+    return tuple(w for w in spatial_phrase_words() if w not in FUNCTION_WORDS)
 
 
 def _common_other() -> tuple[str, ...]:
