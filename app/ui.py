@@ -640,6 +640,11 @@ def notice_html(notice: Optional[str]) -> str:
             'background:#fff4e0;color:#7a4600;font-weight:600">&#9888; ' + notice + "</div>")
 
 
+def _chart(elem_id: str):
+    """An output image of the analysis tabs: PNG, no label and no corner buttons over the chart."""
+    return gr.Image(show_label=False, format="png", interactive=False, buttons=[], elem_id=elem_id)
+
+
 def create_app(predictor: MABPPredictor, notice: Optional[str] = None, source: Optional[str] = None,
                examples_dir: Path = EXAMPLES_DIR, max_images: int = 4,
                concurrency_limit: int = 2, runner: Optional[ModelThread] = None,
@@ -716,42 +721,36 @@ def create_app(predictor: MABPPredictor, notice: Optional[str] = None, source: O
                         with gr.Row():
                             with gr.Column(min_width=300):
                                 gr.Markdown("**Regions and their part of the mask** (click to select)")
-                                reg_img = gr.Image(show_label=False, format="png", interactive=False, buttons=[],
-                                                   elem_id="regions-img")
+                                reg_img = _chart("regions-img")
                             with gr.Column(min_width=300):
                                 gr.Markdown("**Prototype similarity** of the selected final region")
-                                reg_sim = gr.Image(show_label=False, format="png", interactive=False, buttons=[],
-                                                   elem_id="similarity-img")
+                                reg_sim = _chart("similarity-img")
                         reg_md = gr.Markdown()
                     with gr.Tab("Attention", id="attention") as t_att:
                         layer = gr.Slider(0, 8, value=0, step=1, label="Decoder layer")
                         with gr.Row():
                             with gr.Column(min_width=300):
                                 gr.Markdown("**Cross-attention of the selected region query** (click to select)")
-                                att_img = gr.Image(show_label=False, format="png", interactive=False, buttons=[],
-                                                   elem_id="attention-img")
+                                att_img = _chart("attention-img")
                             with gr.Column(min_width=300):
                                 gr.Markdown("**Attention on each word**")
-                                att_bar = gr.Image(show_label=False, format="png", interactive=False, buttons=[],
-                                                   elem_id="words-img")
+                                att_bar = _chart("words-img")
                         att_md = gr.Markdown()
                     with gr.Tab("Prototypes", id="prototypes") as t_pro:
                         with gr.Row():
                             with gr.Column(min_width=300):
                                 gr.Markdown("**Region prototypes by cluster** (click to select)")
-                                pro_img = gr.Image(show_label=False, format="png", interactive=False, buttons=[],
-                                                   elem_id="clusters-img")
+                                pro_img = _chart("clusters-img")
                             with gr.Column(min_width=300):
                                 gr.Markdown("**PCA of the prototypes**")
-                                pro_pca = gr.Image(show_label=False, format="png", interactive=False, buttons=[],
-                                                   elem_id="pca-img")
+                                pro_pca = _chart("pca-img")
                         pro_md = gr.Markdown()
                     with gr.Tab("Language", id="language") as t_lang:
                         word = gr.Dropdown(choices=[], label="Word", allow_custom_value=True)
                         gr.Markdown("**Word weights per region query**")
-                        lang_heat = gr.Image(show_label=False, format="png", interactive=False, buttons=[], elem_id="word-heat")
+                        lang_heat = _chart("word-heat")
                         gr.Markdown("**The word's weight on the 4x4 region grid** (click to select)")
-                        lang_map = gr.Image(show_label=False, format="png", interactive=False, buttons=[], elem_id="word-map")
+                        lang_map = _chart("word-map")
                         lang_md = gr.Markdown()
                     demo.mabp_video = build_video_tab(predictor, runner, threshold, nt_rule)  # app/video.py
         expected = gr.Textbox(visible=False, label="Expected answer")
