@@ -47,8 +47,16 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     ap.add_argument("--preset", default=None, help="serve an untrained preset instead (e.g. tiny for a smoke run)")
     ap.add_argument("--threads", type=int, default=int(env["MABP_THREADS"]) if env.get("MABP_THREADS") else None,
                     help="torch CPU threads (env MABP_THREADS; default min(2, cores))")
+    ap.add_argument("--fast-path", default=env.get("MABP_FAST_PATH", "on"), metavar="on|off",
+                    help="answer new expressions with ONNX Runtime (same maths, checked against PyTorch at start; "
+                         "env MABP_FAST_PATH; default on)")
     ap.add_argument("--concurrency", type=int, default=2, help="events processed at once (queue limit)")
-    return ap.parse_args(argv)
+    args = ap.parse_args(argv)
+    switch = {"on": "on", "1": "on", "true": "on", "yes": "on", "off": "off", "0": "off", "false": "off", "no": "off"}
+    if str(args.fast_path).strip().lower() not in switch:
+        ap.error(f"--fast-path / MABP_FAST_PATH must be on or off, got {args.fast_path!r}")
+    args.fast_path = switch[str(args.fast_path).strip().lower()]
+    return args
 
 
 # Only the real command line is parsed: imported by Spaces, pytest or `gradio app.py`, sys.argv is theirs.
@@ -64,7 +72,7 @@ from app.ui import create_app, launch_options  # noqa: E402
 # Every torch call (loading included) runs on this one thread: see app/service.py (ModelThread).
 MODEL_THREAD = ModelThread(ARGS.threads or max(1, min(2, os.cpu_count() or 1)))
 try:
-    LOADED = MODEL_THREAD.run(load_model, ARGS.checkpoint, preset=ARGS.preset)
+    LOADED = MODEL_THREAD.run(load_model, ARGS.checkpoint, preset=ARGS.preset, fast_path=ARGS.fast_path == "on")
 except (CheckpointError, FileNotFoundError) as _exc:  # a bad --checkpoint: one line naming the file, exit 2
     if __name__ != "__main__":
         raise

@@ -192,9 +192,18 @@ def truncation_note(tokens: Sequence[str], num_tokens: int, max_tokens: int) -> 
             f"{max_tokens}. Kept: `{words}`")
 
 
-def latency_text(model_ms: float, set_image_ms: Optional[float] = None, cached: bool = False) -> str:
-    """One line of timing. model_ms is the predictor's latency (text + fusion + decoders + post)."""
-    parts = [f"model time {model_ms:.0f} ms" + (" (outputs cached for this image and expression: post-processing only)" if cached else "")]
+ENGINES = {"onnxruntime": "ONNX Runtime", "pytorch": "PyTorch"}
+
+
+def latency_text(model_ms: float, set_image_ms: Optional[float] = None, cached: bool = False,
+                 engine: Optional[str] = None) -> str:
+    """One line of timing. model_ms is the predictor's latency (text + fusion + decoders + post); engine
+    ("onnxruntime" | "pytorch", GRESResult.extras["engine"]) names what ran the fusion and decoders."""
+    if cached:
+        first = f"model time {model_ms:.0f} ms (outputs cached for this image and expression: post-processing only)"
+    else:
+        first = f"model time {model_ms:.0f} ms" + (f" ({ENGINES.get(engine, engine)})" if engine else "")
+    parts = [first]
     if set_image_ms is not None:
         parts.append(f"image encoding {set_image_ms:.0f} ms (once per image)")
     return " · ".join(parts)

@@ -104,6 +104,7 @@ class LoadedModel:
     notice: Optional[str]  # shown as a banner when not None
     load_s: float
     card: Optional[ModelCard] = None  # preset, training data, size, val scores, vocabulary (app/model_card.py)
+    fast_path_note: str = "fast path off: not requested; serving eager PyTorch"  # mabp.fast_path.build_fast_path
 
 
 def resolve_checkpoint(cli_value: Optional[str] = None, env: Optional[dict] = None) -> Tuple[Optional[Path], bool]:
@@ -119,13 +120,15 @@ def resolve_checkpoint(cli_value: Optional[str] = None, env: Optional[dict] = No
 
 
 def load_model(checkpoint: Optional[str] = None, fallback_preset: str = "lite", env: Optional[dict] = None,
-               device: str = "cpu", preset: Optional[str] = None) -> LoadedModel:
+               device: str = "cpu", preset: Optional[str] = None, fast_path: bool = False) -> LoadedModel:
     """Build the model once, on CPU. Nothing is downloaded: the lite preset's encoders come from
     installed packages, and a checkpoint (ours or a converted `paper` one) rebuilds from its config.
 
     The shipped checkpoint may not exist yet: then the lite preset (pretrained encoders, untrained
     decoder) is used and the returned notice says so; app.py shows it and logs it. `preset` (with
     no checkpoint) asks for an untrained preset on purpose, e.g. "tiny" for a quick smoke run.
+    fast_path=True builds the ONNX Runtime path for new expressions (mabp/fast_path.py; it checks itself
+    against PyTorch and is left off, with the reason logged, when it cannot serve this model).
     """
     from mabp import build_mabp
     from mabp.registry import load_checkpoint
@@ -149,11 +152,17 @@ def load_model(checkpoint: Optional[str] = None, fallback_preset: str = "lite", 
         source, trained = f"preset {fallback_preset} (pretrained encoders, untrained decoder)", False
         notice = UNTRAINED_NOTICE
         card = model_card(None, preset=fallback_preset, trained=False)
-    predictor = MABPPredictor(model, device=device)
+    fast, fast_note = None, "fast path off: disabled (--fast-path off / MABP_FAST_PATH=off); serving eager PyTorch"
+    if fast_path:
+        from mabp.fast_path import build_fast_path
+
+        fast, fast_note = build_fast_path(model)
+    log.info("%s", fast_note)
+    predictor = MABPPredictor(model, device=device, fast_path=fast)
     warm_up(predictor)
     load_s = time.perf_counter() - t0
     log.info("model %s loaded in %.1f s (%s, %d px input)", source, load_s, model.cfg.preset, model.cfg.image_size)
-    return LoadedModel(predictor, source, trained, notice, load_s, card)
+    return LoadedModel(predictor, source, trained, notice, load_s, card, fast_note)
 
 
 def warm_up(predictor: MABPPredictor) -> None:
@@ -255,7 +264,8 @@ class SegmentService:
             return pred, False
         # The first predictor is the one we were given; later ones share its model (and its device).
         pred = self._template if not self._pool and not self._template.has_image else \
-            MABPPredictor(self.model, device=str(self._template.device), max_pixels=self.max_pixels)
+            MABPPredictor(self.model, device=str(self._template.device), max_pixels=self.max_pixels,
+                          fast_path=self._template.fast_path)
         pred.set_image(rgb)
         self.set_image_ms[key] = pred.set_image_ms
         self._pool[key] = pred

@@ -86,7 +86,8 @@ class VideoCallbacks:
 
     def __init__(self, predictor: MABPPredictor, runner: Any = None, folder: Optional[Path] = None,
                  limits: VideoLimits = APP_LIMITS, max_age_s: float = 900.0):
-        self.predictor = MABPPredictor(predictor.model, device=str(predictor.device), max_pixels=predictor.max_pixels)
+        self.predictor = MABPPredictor(predictor.model, device=str(predictor.device), max_pixels=predictor.max_pixels,
+                                       fast_path=predictor.fast_path)
         self._run: Callable[..., Any] = runner.run if runner is not None else (lambda fn, *a, **k: fn(*a, **k))
         base = Path(os.environ.get("GRADIO_TEMP_DIR") or tempfile.gettempdir())
         self.folder = Path(folder or base / f"mabp-video-{os.getpid()}")

@@ -1,11 +1,14 @@
-"""Would an int8 fast path answer like fp32? And how much faster is it?
+"""Does a fast path answer like eager fp32 PyTorch? And how much faster is it?
 
-int8 dynamic quantization (`torch.ao.quantization.quantize_dynamic` of every nn.Linear; weights int8 per
-channel, activations quantized on the fly, FBGEMM/VNNI kernels) is the candidate fast CPU path. The app
-would use it only for a checkpoint on which it agrees with fp32; on the first shipped checkpoint it did
-not (docs/performance.md), so the app serves fp32. Re-run this on a new checkpoint to decide again.
+Two candidates (`--path`):
+- onnxruntime (default): the app's fast path (mabp/fast_path.py), fusion + decoders exported to ONNX and
+  run by ONNX Runtime's CPU provider in fp32; the app serves it (`--fast-path on`, the default).
+- int8: dynamic quantization (`torch.ao.quantization.quantize_dynamic` of every nn.Linear; weights int8
+  per channel, activations quantized on the fly, FBGEMM/VNNI kernels). It did not agree on the shipped
+  checkpoints (docs/performance.md) and is not used.
 
-    python benchmarks/fast_path_agreement.py --checkpoint assets/checkpoints/mabp-lite-synthgres.pt --n 300
+    python benchmarks/fast_path_agreement.py --n 300
+    python benchmarks/fast_path_agreement.py --path int8 --checkpoint assets/checkpoints/x.pt --n 300
 
 On the first N SynthGRES val expressions (each image set once, then its expressions): the mask IoU
 between the fp32 and the fast masks (both empty = 1), the share of identical no-target decisions, and
@@ -45,6 +48,7 @@ def main() -> int:
     ap.add_argument("--checkpoint", default=None, help="default: the shipped checkpoint")
     ap.add_argument("--n", type=int, default=300)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--path", choices=("onnxruntime", "int8"), default="onnxruntime")
     ap.add_argument("--world", default=None, help="SynthGRES world (shapes | photo | mixed) when supported")
     args = ap.parse_args()
 
@@ -59,13 +63,23 @@ def main() -> int:
 
     torch.set_num_threads(args.threads)
     model = build_mabp(checkpoint=args.checkpoint or SHIPPED_CHECKPOINT).eval()
-    ref, fast = MABPPredictor(model), MABPPredictor(quantize_linear_int8(model))
+    if args.path == "int8":
+        fast = MABPPredictor(quantize_linear_int8(model))
+    else:
+        from mabp.fast_path import build_fast_path
+
+        path, note = build_fast_path(model)
+        print(note)
+        if path is None:
+            return 1
+        fast = MABPPredictor(model, fast_path=path)
+    ref = MABPPredictor(model)
     kw = {"world": args.world} if args.world else {}
     ds = build_dataset("synthgres", "val", **kw)
     n = min(args.n, len(ds))
     ious, same, t_ref, t_fast = [], [], [], []
     last_image = None
-    for i in tqdm(range(n), desc="fp32 vs int8", unit="expr"):
+    for i in tqdm(range(n), desc=f"fp32 vs {args.path}", unit="expr"):
         s = ds[i]
         if last_image is None or s["image_id"] != last_image:
             ref.set_image(s["image"])
@@ -80,11 +94,12 @@ def main() -> int:
         t_fast.append(b.latency_ms)
     result = {"n": n, "mean_iou": float(np.mean(ious)), "min_iou": float(np.min(ious)),
               "same_no_target": float(np.mean(same)), "fp32_ms_median": statistics.median(t_ref),
-              "int8_ms_median": statistics.median(t_fast), "threads": args.threads}
+              "fast_ms_median": statistics.median(t_fast), "path": args.path, "threads": args.threads}
     result["agrees"] = result["mean_iou"] >= 0.99 and result["same_no_target"] >= 0.99
-    print(f"{n} expressions: mean mask IoU fp32 vs int8 {result['mean_iou']:.4f} (min {result['min_iou']:.3f}), "
+    print(f"{n} expressions: mean mask IoU fp32 vs {args.path} {result['mean_iou']:.4f} (min {result['min_iou']:.3f}), "
           f"same no-target decision {100 * result['same_no_target']:.1f} %; model time median "
-          f"fp32 {result['fp32_ms_median']:.1f} ms, int8 {result['int8_ms_median']:.1f} ms ({args.threads} threads)")
+          f"fp32 {result['fp32_ms_median']:.1f} ms, {args.path} {result['fast_ms_median']:.1f} ms "
+          f"({args.threads} threads)")
     print("agrees" if result["agrees"] else "DOES NOT AGREE (criteria: mean IoU >= 0.99, same decision >= 99 %)")
     print(json.dumps(result))
     return 0 if result["agrees"] else 1

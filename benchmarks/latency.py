@@ -1,8 +1,10 @@
 """Predictor latency on CPU: median ms of `set_image + predict`, of `predict` alone (a new
 expression on an already-set image) and of its model time (`GRESResult.latency_ms`, what the app
-reports), and the peak resident memory, per preset.
+reports), and the peak resident memory, per preset, with the app's ONNX Runtime fast path for new
+expressions (mabp/fast_path.py) off and on.
 
-    python benchmarks/latency.py                     # lite at 320, paper at 480, 2 threads
+    python benchmarks/latency.py                     # lite at 256, paper at 480, 2 threads, fast path off / on
+    python benchmarks/latency.py --checkpoint assets/checkpoints/mabp-lite-synthgres.pt --repeats 30
     python benchmarks/latency.py --presets lite --repeats 20 --checkpoint assets/checkpoints/x.pt
     python benchmarks/latency.py --spincount passive # OMP_WAIT_POLICY=PASSIVE instead of app.py's setting
 
@@ -29,7 +31,7 @@ TEXTS = ["the red circle", "all the squares on the left", "the big blue star and
          "every shape but the triangles", "the purple elephant", "the circle next to the yellow cross"]
 
 
-def run_one(preset: str, repeats: int, threads: int, checkpoint: str | None) -> dict:
+def run_one(preset: str, repeats: int, threads: int, checkpoint: str | None, fast_path: bool = False) -> dict:
     import numpy as np
     import torch
 
@@ -41,7 +43,14 @@ def run_one(preset: str, repeats: int, threads: int, checkpoint: str | None) -> 
     t0 = time.perf_counter()
     model = build_mabp(checkpoint=checkpoint) if checkpoint else build_mabp(preset)
     build_s = time.perf_counter() - t0
-    pred = MABPPredictor(model)
+    fast, note = (None, "off")
+    if fast_path:  # as app.py builds it (mabp/fast_path.py): export + load + probe check
+        from mabp.fast_path import build_fast_path
+
+        t0 = time.perf_counter()
+        fast, note = build_fast_path(model)
+        fast_build_s = time.perf_counter() - t0
+    pred = MABPPredictor(model, fast_path=fast)
     rng = np.random.RandomState(0)
     image = rng.randint(0, 255, (480, 640, 3)).astype(np.uint8)
     # warm-up (first calls allocate and pick kernels)
@@ -70,6 +79,8 @@ def run_one(preset: str, repeats: int, threads: int, checkpoint: str | None) -> 
         "model_ms_p10": round(sorted(model_ms)[int(0.1 * (len(model_ms) - 1))], 1),
         "model_ms_p90": round(sorted(model_ms)[int(0.9 * (len(model_ms) - 1))], 1),
         "peak_rss_mb": round(peak_mb, 0),
+        "engine": result.extras.get("engine", "pytorch"), "fast_path_note": note,
+        "fast_path_build_s": round(fast_build_s, 2) if fast_path else None,
         "params_m": round(sum(p.numel() for p in model.parameters()) / 1e6, 1),
     }
 
@@ -83,16 +94,19 @@ def main() -> None:
     ap.add_argument("--spincount", default="3000",
                     help="GOMP_SPINCOUNT for the children (app.py's default 3000), 'passive' for "
                          "OMP_WAIT_POLICY=PASSIVE, 'env' to keep the caller's environment")
+    ap.add_argument("--fast-path", choices=("on", "off", "both"), default="both",
+                    help="the app's ONNX Runtime path for new expressions (mabp/fast_path.py); both: one row each")
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
-        print(json.dumps(run_one(args.child, args.repeats, args.threads, args.checkpoint)))
+        print(json.dumps(run_one(args.child, args.repeats, args.threads, args.checkpoint, args.fast_path == "on")))
         return
     rows = []
     targets = ["checkpoint"] if args.checkpoint else args.presets
-    for preset in targets:
+    switches = ["off", "on"] if args.fast_path == "both" else [args.fast_path]
+    for preset, switch in [(p, s) for p in targets for s in switches]:
         cmd = [sys.executable, __file__, "--child", preset, "--repeats", str(args.repeats),
-               "--threads", str(args.threads)]
+               "--threads", str(args.threads), "--fast-path", switch]
         if args.checkpoint:
             cmd += ["--checkpoint", args.checkpoint]
         env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
@@ -105,13 +119,16 @@ def main() -> None:
         out = subprocess.run(cmd, capture_output=True, text=True, env=env, check=True)
         rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
     print(f"OpenMP: {args.spincount if args.spincount in ('passive', 'env') else 'GOMP_SPINCOUNT=' + args.spincount}")
-    print("| preset | input | threads | visual pass cached | set_image + predict (ms) | predict alone (ms) "
+    print("| preset | input | engine | threads | visual pass cached | set_image + predict (ms) | predict alone (ms) "
           "| model time (ms, median / p90) | peak RSS (MB) | params (M) |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['preset']} | {r['size']}² | {r['threads']} | {r['visual_cached']} | "
+        print(f"| {r['preset']} | {r['size']}² | {r['engine']} | {r['threads']} | {r['visual_cached']} | "
               f"{r['set_image_plus_predict_ms']} | {r['predict_ms']} | {r['model_ms']} / {r['model_ms_p90']} | "
               f"{r['peak_rss_mb']:.0f} | {r['params_m']} |")
+    for r in rows:
+        if r["fast_path_note"] != "off":
+            print(f"{r['preset']}: {r['fast_path_note']}")
     print(json.dumps(rows))
 
 

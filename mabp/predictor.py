@@ -74,8 +74,12 @@ class VideoFrameResult:
 
 class MABPPredictor:
     def __init__(self, model: torch.nn.Module, device: Optional[str] = None,
-                 max_pixels: int = DEFAULT_MAX_PIXELS, cache_texts: int = 16):
+                 max_pixels: int = DEFAULT_MAX_PIXELS, cache_texts: int = 16, fast_path=None):
+        """fast_path: an optional `mabp.fast_path.OnnxFastPath` built for `model` (shareable by the
+        predictors of one model): it encodes images and answers expressions when it accepts the inputs;
+        eager PyTorch does the rest (introspection included: it needs forward hooks)."""
         self.model = model.eval()
+        self.fast_path = fast_path
         self.device = torch.device(device) if device else next(model.parameters()).device
         self.model.to(self.device)
         self.cfg = model.cfg
@@ -115,7 +119,11 @@ class MABPPredictor:
         t0 = time.perf_counter()
         rgb = to_rgb_uint8(image, self.max_pixels)
         tensor = self.preprocess(rgb)
-        visual = self.model.encode_visual(tensor) if self.model.visual_cacheable() else None
+        visual = None
+        if self.fast_path is not None and self.fast_path.accepts_image(tensor):
+            visual = self.fast_path.encode_visual(tensor)  # the fast path exists only for cacheable models
+        elif self.model.visual_cacheable():
+            visual = self.model.encode_visual(tensor)
         self._image, self._tensor, self._visual = rgb, tensor, visual
         self._outputs.clear()
         self.set_image_ms = (time.perf_counter() - t0) * 1000
@@ -154,17 +162,26 @@ class MABPPredictor:
             self._outputs.move_to_end(text)
             return self._outputs[text]
         t0 = time.perf_counter()
-        tok, lang, mask = self.encode_text(text)
-        feats = self.model.fuse(lang, mask, images=None if self._visual is not None else self._tensor,
-                                visual=self._visual)
-        records = None
-        if record:
-            with DecoderRecorder(self.model) as rec:
-                out = self.model.forward_features(feats, lang, mask)
-            records = rec.records
+        records, fast = None, False
+        if not record and self.fast_path is not None and self._visual is not None:
+            # the whole expression pass in ONNX Runtime, the text encoder included (mabp/fast_path.py:
+            # PyTorch work between ORT runs shares the cores with ORT's waiting threads)
+            tok = self.tokenizer([text])
+            fast = self.fast_path.accepts(self._visual, tok.input_ids, tok.attention_mask)
+        if fast:
+            out = self.fast_path(self._visual, tok.input_ids, tok.attention_mask)
         else:
-            out = self.model.forward_features(feats, lang, mask)
-        entry = {"outputs": out, "tok": tok, "model_ms": (time.perf_counter() - t0) * 1000}
+            tok, lang, mask = self.encode_text(text)
+            feats = self.model.fuse(lang, mask, images=None if self._visual is not None else self._tensor,
+                                    visual=self._visual)
+            if record:
+                with DecoderRecorder(self.model) as rec:
+                    out = self.model.forward_features(feats, lang, mask)
+                records = rec.records
+            else:
+                out = self.model.forward_features(feats, lang, mask)
+        entry = {"outputs": out, "tok": tok, "model_ms": (time.perf_counter() - t0) * 1000,
+                 "path": "onnxruntime" if fast else "pytorch"}
         if records is not None:
             entry["records"] = records
         self._outputs[text] = entry
@@ -215,7 +232,7 @@ class MABPPredictor:
         has_nt = any(n is not None for n in out["nt_logits"])
         nt_probs = nt_probabilities(out["nt_logits"])[:, 0].tolist() if has_nt else []
         head_masks = [(m[0].float().sigmoid() > threshold).cpu().numpy() for m in out["pred_masks"]]
-        extras = {}
+        extras = {"engine": entry.get("path", "pytorch")}  # what ran fusion + decoders: onnxruntime | pytorch
         if introspect:
             extras["introspection"] = build_introspection(
                 entry["records"], out, tok.tokens[0], tok.attention_mask[0].tolist(), (h, w),

@@ -47,3 +47,26 @@ def test_claim_verdicts_by_hand():
     res["table5_rsh"] = runs(50.0, 51.0, 49.0)
     assert {x["claim"]: x for x in ablate.claim_verdicts(res)}["RSH over the naive head"]["verdict"] == "reversed"
     assert "MABP over ReLA (gIoU)" not in v  # ReLA not run: no verdict
+
+
+def test_sweep_is_seed_major_and_reports_after_every_run(tmp_path, monkeypatch):
+    """A sweep stopped part-way has every variant's first seed, and the report says how far it got."""
+    calls, reports = [], []
+
+    def fake_run(name, seed, args):
+        calls.append((name, seed))
+        if len(calls) == 3:  # the session ends during the third run
+            raise KeyboardInterrupt
+        return {"gIoU": 50.0 + seed, "N-acc": 40.0, "nt_rule": "any", "by_tag": {}, "curve": [], "train_s": 60}
+
+    real_write = ablate.write_report
+    monkeypatch.setattr(ablate, "run_variant", fake_run)
+    monkeypatch.setattr(ablate, "write_report", lambda *a, **k: reports.append(k) or real_write(*a, **k))
+    out = tmp_path / "abl"
+    code = ablate.main(["--out", str(out), "--variants", "table5_naive", "rela", "table5_full",
+                        "--seeds", "0", "--seeds-for", "table5_naive=0,1", "rela=0,1"])
+    assert code == 130
+    assert calls == [("table5_naive", 0), ("rela", 0), ("table5_full", 0)]
+    assert [(r["done"], r["total"]) for r in reports] == [(1, 5), (2, 5)]
+    text = (out / "ablation.md").read_text()
+    assert "Partial: 2 of 5 runs finished" in text and "ReLA" in text

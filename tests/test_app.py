@@ -362,6 +362,34 @@ def test_app_py_builds_the_model_at_import_from_the_environment(tmp_path, monkey
     args = mod.parse_args(["--host", "0.0.0.0", "--port", "8080", "--share", "--threads", "1",
                            "--checkpoint", "x.pt"])
     assert (args.host, args.port, args.share, args.threads, args.checkpoint) == ("0.0.0.0", 8080, True, 1, "x.pt")
+    # the fast path: on by default and built at start (a tiny model has one), off by flag or environment
+    assert mod.ARGS.fast_path == "on" and mod.LOADED.predictor.fast_path is not None
+    assert "fast path on" in mod.LOADED.fast_path_note
+    assert mod.parse_args(["--fast-path", "off"]).fast_path == "off"
+    monkeypatch.setenv("MABP_FAST_PATH", "0")
+    assert mod.parse_args([]).fast_path == "off"
+    monkeypatch.setenv("MABP_FAST_PATH", "maybe")
+    with pytest.raises(SystemExit):
+        mod.parse_args([])
+
+
+def test_load_model_fast_path_is_shared_and_switchable(tmp_path):
+    from mabp.registry import save_checkpoint
+
+    ckpt = save_checkpoint(tiny_predictor().model, tmp_path / "tiny.pt")
+    off = load_model(str(ckpt), env={})
+    assert off.predictor.fast_path is None and "disabled" in off.fast_path_note
+    on = load_model(str(ckpt), env={}, fast_path=True)
+    assert on.predictor.fast_path is not None
+    # every predictor the service makes for another image shares the one fast path
+    service = SegmentService(on.predictor, max_images=2)
+    rgb = np.full((64, 64, 3), 90, np.uint8)
+    for i in range(3):
+        rgb[i, i] = 200 + i
+        pred, _ = service._predictor_for(rgb.copy(), f"img{i}")
+        assert pred.fast_path is on.predictor.fast_path
+    r = service.predict(rgb, "img2", "the red circle")
+    assert r.extras["engine"] == "onnxruntime"
 
 
 # ---------------------------------------------------------------------------- gradio_client

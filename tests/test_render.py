@@ -68,8 +68,10 @@ def test_truncation_note_lists_kept_tokens():
 
 def test_latency_text():
     assert "model time 42 ms" in render.latency_text(42.2)
-    t = render.latency_text(3.0, 81.0, cached=True)
-    assert "cached" in t and "image encoding 81 ms" in t
+    t = render.latency_text(3.0, 81.0, cached=True, engine="onnxruntime")
+    assert "cached" in t and "image encoding 81 ms" in t and "ONNX" not in t  # nothing ran: no engine
+    assert render.latency_text(38.4, engine="onnxruntime").startswith("model time 38 ms (ONNX Runtime)")
+    assert "(PyTorch)" in render.latency_text(60.0, engine="pytorch")
 
 
 def test_region_at_inside_and_nearest():

@@ -164,7 +164,7 @@ def format_tables(results: Dict[str, List[Dict[str, Any]]], args: argparse.Names
             lines.append(f"| {label} | " + " | ".join(cells + pcells) + " |")
         lines.append("")
     lines.append("N-acc / T-acc here: ReLA's definitions (TP/(TP+FN), TN/(TN+FP)); no-target rule "
-                 f"{next(iter(results.values()))[0].get('nt_rule', '?')}; variants without an NT branch use the "
+                 f"{next((r[0].get('nt_rule') for r in results.values() if r), '?')}; variants without an NT branch use the "
                  "paper's < 50 positive pixels rule.")
     lines += ["", "### gIoU by target tag (N-acc for no-target)", "",
               "| model | " + " | ".join(TAGS) + " | seeds | train min / run |", "|---|" + "---|" * (len(TAGS) + 2)]
@@ -246,6 +246,22 @@ def plot_curves(results: Dict[str, List[Dict[str, Any]]], path: Path) -> Optiona
     return path
 
 
+def write_report(results: Dict[str, List[Dict[str, Any]]], args: argparse.Namespace, out: Path,
+                 done: int, total: int) -> str:
+    """Write ablation.md / ablation.json / curves.png for the runs finished so far; returns the table."""
+    table = format_tables(results, args)
+    if done < total:
+        table = (f"**Partial: {done} of {total} runs finished** (re-run the same command to continue; rows "
+                 "with fewer seeds than planned have a larger error).\n\n" + table)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "ablation.md").write_text(table + "\n")
+    (out / "ablation.json").write_text(json.dumps({"args": vars(args), "results": results, "paper": PAPER,
+                                                   "verdicts": claim_verdicts(results), "runs_done": done,
+                                                   "runs_planned": total}, indent=2))
+    plot_curves(results, out / "curves.png")
+    return table
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m train.ablate", description=__doc__.split("\n\n")[0])
     ap.add_argument("--dataset", default="synthgres")
@@ -280,17 +296,27 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             print(f"error: --seeds-for wants VARIANT=S1,S2,..., got {item!r}", file=sys.stderr)
             return 2
         variant_overrides(ALIASES.get(name, name))
-    results: Dict[str, List[Dict[str, Any]]] = {}
-    trained: Dict[str, List[Dict[str, Any]]] = {}
+    # seed-major order: every variant's first seed before any second seed, so a sweep stopped part-way
+    # (sessions end) still has a row for every variant, and the report is rewritten after every run
+    bases: List[str] = []
+    for v in args.variants:
+        if ALIASES.get(v, v) not in bases:
+            bases.append(ALIASES.get(v, v))
+    per_base = {b: seeds_for.get(b, args.seeds) for b in bases}
+    plan = [(b, per_base[b][i]) for i in range(max(len(s) for s in per_base.values()))
+            for b in bases if i < len(per_base[b])]
+    trained: Dict[str, List[Dict[str, Any]]] = {b: [] for b in bases}
+    out = Path(args.out)
+
+    def results() -> Dict[str, List[Dict[str, Any]]]:
+        return {v: trained[ALIASES.get(v, v)] for v in args.variants if trained[ALIASES.get(v, v)]}
+
+    table = ""
     try:
-        for v in args.variants:
-            base = ALIASES.get(v, v)
-            if base not in trained:
-                trained[base] = []
-                for seed in seeds_for.get(base, args.seeds):
-                    print(f"== {base} seed {seed}", file=sys.stderr)
-                    trained[base].append(run_variant(base, seed, args))
-            results[v] = trained[base]
+        for k, (base, seed) in enumerate(plan):
+            print(f"== run {k + 1}/{len(plan)}: {base} seed {seed}", file=sys.stderr)
+            trained[base].append(run_variant(base, seed, args))
+            table = write_report(results(), args, out, done=k + 1, total=len(plan))
     except KeyboardInterrupt:
         print("interrupted: finished runs are kept; re-run the same command to continue", file=sys.stderr)
         return 130
@@ -304,15 +330,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             raise
         print(f"error: {' '.join(str(exc).split())}", file=sys.stderr)
         return 1 if isinstance(exc, CheckpointWriteError) else 2
-    table = format_tables(results, args)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "ablation.md").write_text(table + "\n")
-    (out / "ablation.json").write_text(json.dumps({"args": vars(args), "results": results, "paper": PAPER,
-                                                   "verdicts": claim_verdicts(results)}, indent=2))
-    plot_curves(results, out / "curves.png")
     print(table)
-    print(f"\nwritten: {out / 'ablation.md'}, {out / 'ablation.json'}")
+    print(f"\nwritten: {out / 'ablation.md'}, {out / 'ablation.json'}, {out / 'curves.png'}")
     return 0
 
 

@@ -8,6 +8,7 @@ official model parameter for parameter.
 """
 from __future__ import annotations
 
+import math
 from typing import Dict, List, Optional
 
 import torch
@@ -33,7 +34,7 @@ def upsample_queries(x: torch.Tensor) -> torch.Tensor:
     Each parent query becomes its 2x2 children, which then diverge through their own windows.
     """
     q, b, c = x.shape
-    n = int(round(q ** 0.5))
+    n = math.isqrt(int(q))  # int(): a plain int also while tracing (ONNX export)
     grid = x.permute(1, 2, 0).reshape(b, c, n, n)
     grid = F.interpolate(grid, scale_factor=2, mode="nearest")
     return grid.flatten(2).permute(2, 0, 1)
@@ -42,7 +43,7 @@ def upsample_queries(x: torch.Tensor) -> torch.Tensor:
 def queries_to_grid(x: torch.Tensor) -> torch.Tensor:
     """(Q, B, C) -> (B, C, n, n), row-major."""
     q, b, c = x.shape
-    n = int(round(q ** 0.5))
+    n = math.isqrt(int(q))  # int(): a plain int also while tracing (ONNX export)
     return x.permute(1, 2, 0).reshape(b, c, n, n)
 
 

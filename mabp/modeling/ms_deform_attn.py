@@ -246,10 +246,12 @@ class MSDeformAttn(nn.Module):
         logits = self.attention_weights(query).view(-1, self.n_levels * self.n_points)
         weights = F.softmax(logits.t(), 0).t().view(b, lq, self.n_heads, self.n_levels, self.n_points)
 
-        if reference_points.shape[-1] == 2 and torch.is_grad_enabled() and (value.requires_grad or offsets.requires_grad):
+        training = torch.is_grad_enabled() and (value.requires_grad or offsets.requires_grad)
+        if reference_points.shape[-1] == 2 and (training or torch.onnx.is_in_onnx_export()):
             # Training: the embedding_bag core's backward sorts every corner index (~400 ms per layer
             # for lite at batch 8 on 2 cores); grid_sample's backward scatters per (batch, head)
             # plane and the whole fwd+bwd is ~2x faster (benchmarks/profile_train_step.py). Same sums.
+            # ONNX export takes it too: GridSample is an ONNX op, embedding_bag has no mapping.
             offset_normalizer = torch.as_tensor(_shapes_as_list(spatial_shapes), dtype=offsets.dtype,
                                                 device=offsets.device).flip(-1)  # (L, 2) as (W, H)
             locations = (reference_points[:, :, None, :, None, :]
