@@ -2,6 +2,7 @@
 clip -> AdamW) with the real training engine and recipe, and peak memory.
 
     python benchmarks/train_throughput.py                          # lite (the shipped recipe), 2 threads
+    python benchmarks/train_throughput.py --allocator both         # glibc malloc and tcmalloc, one row each
     python benchmarks/train_throughput.py --presets tiny lite paper --steps 6
     python benchmarks/train_throughput.py --repo ../old-checkout   # the same measurement on another checkout
     python benchmarks/train_throughput.py --set model.overrides.image_size=320 ...   # any config override
@@ -74,30 +75,45 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repo", default=str(ROOT), help="the checkout whose code and configs are measured")
     ap.add_argument("--set", nargs="*", default=[], help="config overrides key=value")
+    ap.add_argument("--allocator", choices=("tcmalloc", "system", "both"), default="tcmalloc",
+                    help="malloc of the measured process: tcmalloc (what train.fit uses when installed, "
+                         "train/allocator.py), the system's glibc malloc, or both (one row each)")
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     repo = Path(args.repo).resolve()
     if args.child:
         print(json.dumps(run_one(repo, args.child, args.batch, args.steps, args.warmup, args.threads, args.set)))
         return
+    sys.path.insert(0, str(ROOT))
+    from train.allocator import tcmalloc_path
+
+    allocators = ["system", "tcmalloc"] if args.allocator == "both" else [args.allocator]
+    if "tcmalloc" in allocators and tcmalloc_path() is None:
+        print("note: tcmalloc is not installed (apt-get install libtcmalloc-minimal4); measuring the system "
+              "allocator", file=sys.stderr)
+        allocators = ["system"]
     rows = []
-    for preset in args.presets:
+    for preset, allocator in [(p, a) for p in args.presets for a in allocators]:
         batch = args.batch or {"paper": 1}.get(preset, 8)
         warmup = args.warmup if args.warmup is not None else (40 if preset == "lite" else 1)
         cmd = [sys.executable, __file__, "--child", preset, "--batch", str(batch), "--steps", str(args.steps),
                "--warmup", str(warmup), "--threads", str(args.threads), "--repo", str(repo), "--set", *args.set]
         env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")  # OpenMP as train.fit runs it
+        env["LD_PRELOAD"] = ":".join(x for x in env.get("LD_PRELOAD", "").split(":") if x and "tcmalloc" not in x)
+        if allocator == "tcmalloc":
+            env["LD_PRELOAD"] = ":".join(x for x in (tcmalloc_path(), env["LD_PRELOAD"]) if x)
         out = subprocess.run(cmd, capture_output=True, text=True, env=env)
         if out.returncode:
             print(out.stderr[-2000:], file=sys.stderr)
             continue
-        rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
+        rows.append(dict(json.loads(out.stdout.strip().splitlines()[-1]), allocator=allocator))
     print(f"code: {repo}")
-    print("| preset | input | deformable layers x points | batch | threads | s/step | samples/s | visual cache | "
+    print("| preset | input | deformable layers x points | batch | threads | malloc | s/step | samples/s | visual cache | "
           "peak RSS (MB) | trainable (M) |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['preset']} | {r['size']}² | {r['deform']} | {r['batch']} | {r['threads']} | {r['s_per_step']} | "
+        print(f"| {r['preset']} | {r['size']}² | {r['deform']} | {r['batch']} | {r['threads']} | {r['allocator']} | "
+              f"{r['s_per_step']} | "
               f"{r['samples_per_s']} | {r['visual_cache'] or '–'} | {r['peak_rss_mb']} | {r['trainable_m']} |")
     print(json.dumps(rows))
 

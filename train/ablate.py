@@ -281,6 +281,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ap.add_argument("--set", dest="override", nargs="+", default=[], metavar="section.key=value",
                     help="extra training-config overrides applied to every run")
     args = ap.parse_args(argv)
+    if argv is None:  # the command line (not a call from Python): run on tcmalloc (train/allocator.py)
+        from train.allocator import reexec_with_tcmalloc
+
+        reexec_with_tcmalloc("train.ablate", sys.argv[1:])
     if args.dataset != "synthgres":
         args.override = list(args.override) + [f"data.dataset={args.dataset}"]
         if args.root:

@@ -57,6 +57,10 @@ def fit(config: Optional[str] = None, overrides: Sequence[str] = (), extra: Opti
 
 def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
+    if argv is None:  # the command line (not a call from Python): run on tcmalloc (train/allocator.py)
+        from train.allocator import reexec_with_tcmalloc
+
+        reexec_with_tcmalloc("train.fit", sys.argv[1:])
     from train.config import ConfigError, load_config
     from train.data.synthgres.photo import PhotoWorldUnavailable
 
