@@ -76,6 +76,16 @@ def variant_overrides(name: str) -> Dict[str, Any]:
     return {k.replace("__", "."): v for k, v in VARIANTS[name].items()}
 
 
+def _median_sec_per_step(log_path: Path) -> Optional[float]:
+    """The median s/step of a run's logged training intervals (None without any)."""
+    try:
+        rates = [r["sec_per_step"] for r in map(json.loads, log_path.read_text().splitlines())
+                 if r.get("type") == "train" and r.get("sec_per_step") is not None]
+    except (OSError, ValueError):
+        return None
+    return round(statistics.median(rates), 3) if rates else None
+
+
 def run_variant(name: str, seed: int, args: argparse.Namespace) -> Dict[str, Any]:
     """Train (or resume) one (variant, seed) run and evaluate its last.pt; the result is cached in the run
     folder, so a finished run is neither trained nor evaluated again."""
@@ -93,7 +103,10 @@ def run_variant(name: str, seed: int, args: argparse.Namespace) -> Dict[str, Any
         try:
             data = json.loads(cached.read_text())
             if data.get("key") == key:
-                return data["metrics"]
+                metrics = data["metrics"]
+                if metrics.get("sec_per_step") is None:  # a result cached before the field existed
+                    metrics["sec_per_step"] = _median_sec_per_step(out / "log.jsonl")
+                return metrics
         except (OSError, ValueError):
             pass  # unreadable: evaluate again
     eval_every = args.eval_every or args.steps
@@ -126,7 +139,10 @@ def run_variant(name: str, seed: int, args: argparse.Namespace) -> Dict[str, Any
         if r.get("type") == "train" and r.get("sec_per_step") is not None:
             logged += r["sec_per_step"] * max(0, r["step"] - prev)
             prev = r["step"]
+    # the median logged s/step: the run's cost without the pauses (a stopped session, a paused process)
+    # and the evaluations that the summed wall-clock includes
     metrics.update(train_s=round(max(train_s, logged), 1), steps=summary.get("step"), n=res["n"],
+                   sec_per_step=_median_sec_per_step(log_path), threads=torch.get_num_threads(),
                    nt_rule=res["nt_rule"], params=sum(p.numel() for p in model.parameters()),
                    eval_s=round(res.get("wall_time_s", 0.0), 1))
     cached.write_text(json.dumps({"key": key, "metrics": metrics}, indent=1))
@@ -167,7 +183,8 @@ def format_tables(results: Dict[str, List[Dict[str, Any]]], args: argparse.Names
                  f"{next((r[0].get('nt_rule') for r in results.values() if r), '?')}; variants without an NT branch use the "
                  "paper's < 50 positive pixels rule.")
     lines += ["", "### gIoU by target tag (N-acc for no-target)", "",
-              "| model | " + " | ".join(TAGS) + " | seeds | train min / run |", "|---|" + "---|" * (len(TAGS) + 2)]
+              "| model | " + " | ".join(TAGS) + " | seeds | s / training step (median) |",
+              "|---|" + "---|" * (len(TAGS) + 2)]
     labels = {k: label for rows in ROWS.values() for k, label in rows}
     for key, runs in results.items():
         if key in ALIASES:
@@ -176,8 +193,8 @@ def format_tables(results: Dict[str, List[Dict[str, Any]]], args: argparse.Names
         for t in TAGS:
             m = "N-acc" if t == "no-target" else "gIoU"
             cells.append(_fmt([(r.get("by_tag") or {}).get(t, {}).get(m) for r in runs]))
-        minutes = _fmt([r.get("train_s", 0) / 60 for r in runs])
-        lines.append(f"| {labels.get(key, key)} | " + " | ".join(cells) + f" | {len(runs)} | {minutes} |")
+        cost = _fmt([r["sec_per_step"] for r in runs if r.get("sec_per_step")])
+        lines.append(f"| {labels.get(key, key)} | " + " | ".join(cells) + f" | {len(runs)} | {cost} |")
     verdicts = claim_verdicts(results)
     if verdicts:
         lines += ["", "### The paper's claims on this data", "",
