@@ -269,7 +269,8 @@ class MABPPredictor:
             frames: an iterable of (H, W, 3) uint8 RGB frames, or of (index, frame) pairs (what
                 `mabp.video_io.iter_frames` yields); consumed lazily, one frame at a time.
             text: one expression or a list of them; each is tokenised and run through the text encoder
-                once per clip (`encode_text` caches it); the image is encoded once per frame (`set_image`).
+                once per clip on eager PyTorch (`encode_text` caches it; the ONNX fast path runs the text
+                encoder inside its expression graph, every frame); the image is encoded once per frame.
             threshold, nt_rule, min_pixels: as `predict`.
         Yields: a VideoFrameResult per frame, in order, so memory stays bounded on long clips.
         Raises: InputError for a missing / empty expression (before any frame is read) or a bad frame.

@@ -128,3 +128,15 @@ def test_a_model_whose_visual_stages_see_language_has_no_fast_path():
     assert not model.visual_cacheable()
     path, note = build_fast_path(model)
     assert path is None and "visual stages see the language" in note
+
+
+def test_video_frames_take_the_fast_path_and_agree(tiny):
+    model, path = tiny
+    frames = [_image(10 + k) for k in range(3)]
+    texts = ["the red circle", "all squares"]
+    eager = list(MABPPredictor(model).predict_video(frames, texts))
+    fast = list(MABPPredictor(model, fast_path=path).predict_video(frames, texts))
+    for fe, ff in zip(eager, fast):
+        for re_, rf in zip(fe.results, ff.results):
+            assert rf.extras["engine"] == "onnxruntime" and re_.extras["engine"] == "pytorch"
+            assert re_.no_target == rf.no_target and (re_.mask == rf.mask).mean() > 0.999
