@@ -55,6 +55,17 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def cpu_seconds(pid: Optional[int]) -> Optional[float]:
+    """User + system CPU seconds of a process (all its threads) from /proc/<pid>/stat, or None."""
+    if not pid:
+        return None
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 def peak_memory_mb(pid: int) -> Dict[str, Optional[float]]:
     """Peak and current resident memory of a process (MB)."""
     try:
@@ -245,8 +256,17 @@ def main(argv: Optional[List[str]] = None) -> int:
         wait_ready(url, proc, args.startup_timeout)
         startup = time.time() - t0
         idle = peak_memory_mb(pid) if pid else {}
+        cpu0, own0 = cpu_seconds(pid), os.times()
         summary = run_load(url, args.clients, args.requests, args.deadline, args.timeout,
                            unique_texts=not args.repeat_texts)
+        cpu1, own1 = cpu_seconds(pid), os.times()
+        if cpu0 is not None and cpu1 is not None and summary["completed"]:
+            # CPU seconds the server spent per answered request (all its threads) and what the load
+            # generator itself spent: on a machine of its own, the server alone would answer about
+            # cores / server_cpu_s requests per second
+            summary["server_cpu_ms_per_request"] = round(1000 * (cpu1 - cpu0) / summary["completed"], 1)
+            summary["client_cpu_ms_per_request"] = round(
+                1000 * ((own1.user + own1.system) - (own0.user + own0.system)) / summary["completed"], 1)
         summary["startup_s"] = round(startup, 1) if proc else None
         summary["memory_before_load"] = idle
         summary["memory"] = peak_memory_mb(pid) if pid else {"note": "pass --pid to report the server's memory"}
@@ -275,6 +295,9 @@ def main(argv: Optional[List[str]] = None) -> int:
           f"({summary['throughput_rps']} req/s), {summary['errors']} errors")
     print(f"wall latency  p50 {fmt(w['p50'])} ms, p95 {fmt(w['p95'])} ms, max {fmt(w['max'])} ms")
     print(f"model time    p50 {fmt(m['p50'])} ms, p95 {fmt(m['p95'])} ms")
+    if "server_cpu_ms_per_request" in summary:
+        print(f"CPU per request: server {summary['server_cpu_ms_per_request']:.0f} ms, load generator "
+              f"{summary['client_cpu_ms_per_request']:.0f} ms (both on this machine's {os.cpu_count()} cores)")
     mem = summary["memory"]
     if mem.get("peak_rss_mb"):
         print(f"server memory peak {mem['peak_rss_mb']:.0f} MB (idle {summary['memory_before_load'].get('rss_mb') or 0:.0f} MB, "
