@@ -13,7 +13,9 @@ constant folding, pre-packed GEMM weights). The only differences from eager PyTo
 Why both graphs and the text encoder inside: ORT's worker threads busy-wait for a moment after each run.
 PyTorch work right after a run (a text encoder, an image pass) then shares the cores with them and was
 measured 3.6x slower; turning the busy-wait off costs ORT ~15 % per run. With the whole model in ORT, only
-the short post-processing runs in PyTorch.
+the short post-processing runs in PyTorch. The image graph, which runs right before an expression, does
+not busy-wait (two sessions' pools on two cores collided: set_image + predict 88-96 ms, 48-61 without).
+Result (lite, 2 threads): model time 39-40 ms against 51-52 ms eager.
 
 Measured on the shipped `lite` checkpoint, 2 threads, quiet: docs/performance.md ("Inference").
 Agreement on SynthGRES val: benchmarks/fast_path_agreement.py.
