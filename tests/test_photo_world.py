@@ -646,3 +646,27 @@ def test_packed_assets_give_identical_samples(world, tmp_path):
     for k in (0, 50, 400):
         a, b = orig[k], packed[k]
         assert np.array_equal(a["image"], b["image"]) and a["sentence"] == b["sentence"]
+
+
+def test_closeups_are_opt_in_train_only_and_read_back(world):
+    """closeup_share: one object filling most of the frame, in the train stream only; 0 changes nothing."""
+    base, zero = make(world, "train", length=120), make(world, "train", length=120, closeup_share=0.0)
+    for k in (0, 7, 60):
+        assert np.array_equal(base[k]["image"], zero[k]["image"]) and base[k]["sentence"] == zero[k]["sentence"]
+    val, val_cu = make(world, "val"), make(world, "val", closeup_share=1.0)  # the benchmark stays fixed
+    for k in (0, 500):
+        assert np.array_equal(val[k]["image"], val_cu[k]["image"]) and val[k]["sentence"] == val_cu[k]["sentence"]
+    cu = make(world, "train", length=120, closeup_share=1.0)
+    for i in range(15):
+        sc = cu.scene(i)
+        short = min(sc.height, sc.width)
+        assert len(sc.objects) == 1 and sc.objects[0].size == "large"
+        assert sc.objects[0].longest >= 0.6 * short - 1 and sc.objects[0].visible_mask.sum() > 0.15 * short * short
+    tags = Counter(check(cu, k)["tags"]["target"] for k in range(120))  # the reader agrees on every sentence
+    assert set(tags) <= {"single", "no-target"} and tags["single"] > 0 and tags["no-target"] > 0
+    some = make(world, "train", length=400, closeup_share=0.3)
+    share = sum(len(some.scene(i).objects) == 1 and some.scene(i).objects[0].longest >= 0.6 * 320 - 1
+                for i in range(80)) / 80
+    assert 0.15 <= share <= 0.5, share
+    with pytest.raises(ValueError, match="closeup_share"):
+        make(world, "train", closeup_share=1.5)

@@ -83,6 +83,9 @@ class SynthGRES:
         stamps_dir, background_dirs: photo / mixed: where the Debian packages' images are (default:
             $MABP_TUXPAINT_STAMPS / $MABP_BACKGROUNDS, else the Debian install paths).
         manifest: photo / mixed: a manifest JSON other than the committed one (tests).
+        closeup_share: photo / mixed, train stream only: the share of photo-world scenes that are
+            close-ups (one object filling 0.6-0.95 of the short side; photo_scene.generate_photo_scene).
+            Default 0: the stream is unchanged. The fixed splits ignore it (the benchmark stays fixed).
 
     `ds[k]` returns the shared sample dict (see `SynthGRES.sample`).
 
@@ -95,11 +98,15 @@ class SynthGRES:
     def __init__(self, split: str, size: int | tuple[int, int] = 320, seed: int | None = None,
                  length: int | None = None, epoch: int = 0, cache_size: int = 8, world: str = "shapes",
                  photographic_only: bool = False, stamps_dir: str | None = None,
-                 background_dirs: tuple[str, ...] | list[str] | None = None, manifest: str | None = None) -> None:
+                 background_dirs: tuple[str, ...] | list[str] | None = None, manifest: str | None = None,
+                 closeup_share: float = 0.0) -> None:
         if world not in WORLDS:
             raise ValueError(f"unknown SynthGRES world {world!r}; expected one of {WORLDS}")
         self.world = world
         self.photographic_only = bool(photographic_only)
+        if not 0.0 <= float(closeup_share) <= 1.0:
+            raise ValueError(f"closeup_share must be between 0 and 1, got {closeup_share}")
+        self.closeup_share = float(closeup_share)
         self.assets = self.lexicon = None
         if world != "shapes":
             from .photo import get_assets
@@ -186,7 +193,8 @@ class SynthGRES:
         if self.image_world(image_index) == "photo":
             from .photo_scene import generate_photo_scene
 
-            scene = generate_photo_scene(rng, self.assets, self.size, self.split, self.photographic_only)
+            scene = generate_photo_scene(rng, self.assets, self.size, self.split, self.photographic_only,
+                                         closeup_share=self.closeup_share)
         else:
             scene = generate_scene(rng, self.size, self.split)
         entry = [scene, None]

@@ -25,6 +25,7 @@ from .scene import MAX_OVERLAP, Scene, _assign_visibility, _draw_blobs, _overlap
 
 SMALL_RANGE = (0.18, 0.28)  # longer side / min(W, H)
 LARGE_RANGE = (0.38, 0.5)
+CLOSEUP_RANGE = (0.6, 0.95)  # a close-up: one object filling most of the frame (train stream, opt-in)
 PHOTO_BACKGROUND_SHARE = 0.65  # else procedural
 
 
@@ -149,10 +150,12 @@ def _pick_stamps(rng: np.random.Generator, n: int, pool: dict[str, list[int]], h
     return out
 
 
-def _prepare(assets: PhotoAssets, rng: np.random.Generator, idx: int, size: str, short: int) -> PhotoObject:
-    """Scale, flip and jitter one stamp (placement comes later)."""
+def _prepare(assets: PhotoAssets, rng: np.random.Generator, idx: int, size: str, short: int,
+             closeup: bool = False) -> PhotoObject:
+    """Scale, flip and jitter one stamp (placement comes later). closeup: a "large" object scaled to
+    CLOSEUP_RANGE of the short side."""
     st = assets.stamps[idx]
-    lo, hi = SMALL_RANGE if size == "small" else LARGE_RANGE
+    lo, hi = CLOSEUP_RANGE if closeup else SMALL_RANGE if size == "small" else LARGE_RANGE
     longest = rng.uniform(lo, hi) * short
     rgba = assets.stamp_at(idx, max(4, int(round(longest))))
     flip = bool(rng.random() < 0.5)
@@ -222,7 +225,7 @@ def render_photo(scene: Scene) -> np.ndarray:
 
 
 def generate_photo_scene(rng: np.random.Generator, assets: PhotoAssets, size: int | tuple[int, int] = 320,
-                         split: str = "train", photographic_only: bool = False) -> Scene:
+                         split: str = "train", photographic_only: bool = False, closeup_share: float = 0.0) -> Scene:
     """Generate and render one photo-world scene (a pure function of the rng state and the assets).
 
     Args:
@@ -231,6 +234,9 @@ def generate_photo_scene(rng: np.random.Generator, assets: PhotoAssets, size: in
         size: int (square) or (height, width); min side >= 64.
         split: "train" | "val" | "testA" | "testB" (testA: held-out stamps; testB: 5-8 objects, clutter).
         photographic_only: use photographs only (no drawn stamps).
+        closeup_share: train only: the share of scenes that are close-ups, one object whose longer side
+            is 0.6-0.95 of the short side (real photographs are often framed so; the default 0 draws
+            nothing extra from rng, so every existing scene stays the same). The fixed splits ignore it.
 
     Raises:
         ValueError: canvas too small or unknown split.
@@ -258,12 +264,16 @@ def generate_photo_scene(rng: np.random.Generator, assets: PhotoAssets, size: in
     if n_blobs:
         _draw_blobs(rng, background, n_blobs)
     short = min(height, width)
+    closeup = split == "train" and closeup_share > 0 and bool(rng.random() < closeup_share)
     objects: list[PhotoObject] | None = None
     for _ in range(50):
-        n = int(rng.integers(5, 9)) if clutter else int(rng.integers(1, 7))
+        if closeup:
+            n = 1
+        else:
+            n = int(rng.integers(5, 9)) if clutter else int(rng.integers(1, 7))
         idxs = _pick_stamps(rng, n, pool, held, stamps, split)
-        sizes = ["large" if rng.random() < 0.4 else "small" for _ in range(n)]
-        objs = [_prepare(assets, rng, i, z, short) for i, z in zip(idxs, sizes)]
+        sizes = ["large" if closeup or rng.random() < 0.4 else "small" for _ in range(n)]
+        objs = [_prepare(assets, rng, i, z, short, closeup) for i, z in zip(idxs, sizes)]
         objs.sort(key=lambda o: o.size != "large")  # large first: the hard ones to fit
         if not _place(rng, objs, height, width, clutter, assets):
             continue
