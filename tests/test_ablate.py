@@ -1,6 +1,7 @@
 """The ablation driver end to end on the tiny preset (2 steps per variant)."""
 import json
 
+import pytest
 import torch
 
 from train import ablate
@@ -70,3 +71,25 @@ def test_sweep_is_seed_major_and_reports_after_every_run(tmp_path, monkeypatch):
     assert [(r["done"], r["total"]) for r in reports] == [(1, 5), (2, 5)]
     text = (out / "ablation.md").read_text()
     assert "Partial: 2 of 5 runs finished" in text and "ReLA" in text
+
+
+def test_report_only_reads_finished_runs_and_trains_nothing(tmp_path, monkeypatch, capsys):
+    out = tmp_path / "abl"
+    common = ["--out", str(out), "--variants", "table5_naive", "table5_full", "--seeds", "0", "1",
+              "--steps", "30", "--val-samples", "40"]
+    assert ablate.main(common + ["--report-only"]) == 1  # nothing finished yet: says so
+    assert "no finished run" in capsys.readouterr().err
+    key = {"steps": 30, "val_samples": 40, "split": "val", "dataset": "synthgres"}
+    for name, seed, giou in (("table5_naive", 0, 50.0), ("table5_full", 0, 52.0), ("table5_full", 1, 53.0)):
+        run = out / name / f"seed{seed}"
+        run.mkdir(parents=True)
+        (run / "ablation_result.json").write_text(json.dumps({"key": key, "metrics": {
+            "gIoU": giou, "N-acc": 40.0, "nt_rule": "any", "by_tag": {}, "curve": []}}))
+        (run / "log.jsonl").write_text(json.dumps({"type": "train", "step": 10, "sec_per_step": 1.5}) + "\n")
+    other = out / "table5_naive" / "seed1"  # another budget's result does not count
+    other.mkdir(parents=True)
+    (other / "ablation_result.json").write_text(json.dumps({"key": dict(key, steps=99), "metrics": {"gIoU": 1.0}}))
+    monkeypatch.setattr(ablate, "run_variant", lambda *a: pytest.fail("--report-only must not train"))
+    assert ablate.main(common + ["--report-only"]) == 0
+    text = (out / "ablation.md").read_text()
+    assert "Partial: 3 of 4 runs finished" in text and "52.50 ± 0.71" in text and "| 1.50 ± 0.00 |" in text

@@ -86,6 +86,26 @@ def _median_sec_per_step(log_path: Path) -> Optional[float]:
     return round(statistics.median(rates), 3) if rates else None
 
 
+def _result_key(args: argparse.Namespace) -> Dict[str, Any]:
+    return {"steps": args.steps, "val_samples": args.val_samples, "split": args.split, "dataset": args.dataset}
+
+
+def cached_result(name: str, seed: int, args: argparse.Namespace) -> Optional[Dict[str, Any]]:
+    """The finished (variant, seed) run's metrics from its ablation_result.json, or None (not finished,
+    another budget, unreadable)."""
+    out = Path(args.out) / name / f"seed{seed}"
+    try:
+        data = json.loads((out / "ablation_result.json").read_text())
+    except (OSError, ValueError):
+        return None
+    if data.get("key") != _result_key(args):
+        return None
+    metrics = data["metrics"]
+    if metrics.get("sec_per_step") is None:  # a result cached before the field existed
+        metrics["sec_per_step"] = _median_sec_per_step(out / "log.jsonl")
+    return metrics
+
+
 def run_variant(name: str, seed: int, args: argparse.Namespace) -> Dict[str, Any]:
     """Train (or resume) one (variant, seed) run and evaluate its last.pt; the result is cached in the run
     folder, so a finished run is neither trained nor evaluated again."""
@@ -98,17 +118,10 @@ def run_variant(name: str, seed: int, args: argparse.Namespace) -> Dict[str, Any
 
     out = Path(args.out) / name / f"seed{seed}"
     cached = out / "ablation_result.json"
-    key = {"steps": args.steps, "val_samples": args.val_samples, "split": args.split, "dataset": args.dataset}
-    if cached.is_file():
-        try:
-            data = json.loads(cached.read_text())
-            if data.get("key") == key:
-                metrics = data["metrics"]
-                if metrics.get("sec_per_step") is None:  # a result cached before the field existed
-                    metrics["sec_per_step"] = _median_sec_per_step(out / "log.jsonl")
-                return metrics
-        except (OSError, ValueError):
-            pass  # unreadable: evaluate again
+    key = _result_key(args)
+    done = cached_result(name, seed, args)
+    if done is not None:
+        return done
     eval_every = args.eval_every or args.steps
     overrides = [f"schedule.max_steps={args.steps}", f"train.seed={seed}", f"train.output_dir={out}",
                  "train.resume=auto", f"train.eval_every={eval_every}", f"train.log_every={max(1, args.steps // 20)}"]
@@ -297,6 +310,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ap.add_argument("--out", default="runs/ablate")
     ap.add_argument("--set", dest="override", nargs="+", default=[], metavar="section.key=value",
                     help="extra training-config overrides applied to every run")
+    ap.add_argument("--report-only", action="store_true",
+                    help="write and print the report of the runs finished so far; train nothing")
     args = ap.parse_args(argv)
     if argv is None:  # the command line (not a call from Python): run on tcmalloc (train/allocator.py)
         from train.allocator import reexec_with_tcmalloc
@@ -332,6 +347,18 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     def results() -> Dict[str, List[Dict[str, Any]]]:
         return {v: trained[ALIASES.get(v, v)] for v in args.variants if trained[ALIASES.get(v, v)]}
 
+    if args.report_only:
+        for base, seed in plan:
+            done = cached_result(base, seed, args)
+            if done is not None:
+                trained[base].append(done)
+        finished = sum(len(v) for v in trained.values())
+        if not finished:
+            print(f"error: no finished run in {out} for this budget (--steps {args.steps}, --val-samples "
+                  f"{args.val_samples})", file=sys.stderr)
+            return 1
+        print(write_report(results(), args, out, done=finished, total=len(plan)))
+        return 0
     table = ""
     try:
         for k, (base, seed) in enumerate(plan):
