@@ -15,6 +15,10 @@ missing: a sweep survives stopped sessions). Results: `<out>/ablation.md` (the t
 seeds and the paper's numbers, breakdowns by target tag, one verdict per paper claim, wall-clock per run),
 `<out>/ablation.json` (every number) and `<out>/curves.png` (val gIoU and N-acc against training steps for
 Naive, full MABP and ReLA, from the runs' in-training evaluations every `--eval-every` steps).
+
+Runs go seed-major (every variant's first seed before any second seed) and the report is rewritten after
+every finished run, marked partial until the plan is complete; `--report-only` rewrites it from the
+finished runs' folders without training anything.
 """
 from __future__ import annotations
 
