@@ -1,8 +1,9 @@
 """Does a fast path answer like eager fp32 PyTorch? And how much faster is it?
 
 Two candidates (`--path`):
-- onnxruntime (default): the app's fast path (mabp/fast_path.py), fusion + decoders exported to ONNX and
-  run by ONNX Runtime's CPU provider in fp32; the app serves it (`--fast-path on`, the default).
+- onnxruntime (default): the app's fast path (mabp/fast_path.py): the visual pass and the expression pass
+  (text encoder, fusion, both decoders) exported to ONNX and run by ONNX Runtime's CPU provider in fp32;
+  the app serves it (`--fast-path on`, the default).
 - int8: dynamic quantization (`torch.ao.quantization.quantize_dynamic` of every nn.Linear; weights int8
   per channel, activations quantized on the fly, FBGEMM/VNNI kernels). It did not agree on the shipped
   checkpoints (docs/performance.md) and is not used.

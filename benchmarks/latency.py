@@ -79,7 +79,7 @@ def run_one(preset: str, repeats: int, threads: int, checkpoint: str | None, fas
         "model_ms_p10": round(sorted(model_ms)[int(0.1 * (len(model_ms) - 1))], 1),
         "model_ms_p90": round(sorted(model_ms)[int(0.9 * (len(model_ms) - 1))], 1),
         "peak_rss_mb": round(peak_mb, 0),
-        "engine": result.extras.get("engine", "pytorch"), "fast_path_note": note,
+        "engine": result.extras["engine"], "fast_path_note": note,
         "fast_path_build_s": round(fast_build_s, 2) if fast_path else None,
         "params_m": round(sum(p.numel() for p in model.parameters()) / 1e6, 1),
     }

@@ -126,9 +126,13 @@ class OnnxFastPath:
             raise FastPathUnavailable("the model's visual stages see the language (no cacheable visual pass)")
         threads = threads or torch.get_num_threads()
         model.eval()
-        images, ids, mask = _probe(model, "the big red circle on the left", seed=0)
+        # two probes (image, expression): the first is also the tracing example
+        probes = [_probe(model, "the big red circle on the left", seed=0),
+                  _probe(model, "every shape except the small green squares", seed=1)]
+        images, ids, mask = probes[0]
         with torch.no_grad():
             visual = model.encode_visual(images)
+            eager = [model(*p) for p in probes]
         like = visual if hasattr(visual, "feats") else None
         maps = visual_tensors(visual)
         t0 = time.perf_counter()
@@ -148,18 +152,10 @@ class OnnxFastPath:
         load_s = time.perf_counter() - t0
         shapes = {"images": tuple(images.shape), **{n: tuple(t.shape) for n, t in zip(VISUAL_NAMES, maps)},
                   "input_ids": tuple(ids.shape), "attention_mask": tuple(mask.shape)}
-        with torch.no_grad():
-            eager = model(images, ids, mask)
         info = FastPathInfo(export_s=export_s, load_s=load_s, threads=threads,
                             onnx_mb=(len(visual_bytes) + len(expression_bytes)) / 2**20)
-        path = cls(*sessions, shapes, [n is not None for n in eager["nt_logits"]], info, like)
-        diff = 0.0
-        for seed, text in ((0, None), (1, "every shape except the small green squares")):
-            if text is not None:
-                images, ids, mask = _probe(model, text, seed=seed)
-                with torch.no_grad():
-                    eager = model(images, ids, mask)
-            diff = max(diff, _prob_diff(path(path.encode_visual(images), ids, mask), eager))
+        path = cls(*sessions, shapes, [n is not None for n in eager[0]["nt_logits"]], info, like)
+        diff = max(_prob_diff(path(path.encode_visual(im), i, m), e) for (im, i, m), e in zip(probes, eager))
         info.max_prob_diff = diff
         if not diff <= tolerance:
             raise FastPathUnavailable(f"ONNX Runtime disagreed with PyTorch on the probe: a probability differs "

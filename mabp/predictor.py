@@ -232,7 +232,7 @@ class MABPPredictor:
         has_nt = any(n is not None for n in out["nt_logits"])
         nt_probs = nt_probabilities(out["nt_logits"])[:, 0].tolist() if has_nt else []
         head_masks = [(m[0].float().sigmoid() > threshold).cpu().numpy() for m in out["pred_masks"]]
-        extras = {"engine": entry.get("path", "pytorch")}  # what ran fusion + decoders: onnxruntime | pytorch
+        extras = {"engine": entry["path"]}  # what ran fusion + decoders: onnxruntime | pytorch
         if introspect:
             extras["introspection"] = build_introspection(
                 entry["records"], out, tok.tokens[0], tok.attention_mask[0].tolist(), (h, w),

@@ -17,7 +17,7 @@ $PIP install -r requirements.txt
 # Optional Debian packages (the app and the shapes world work without them):
 # - the SynthGRES photo world reads object cut-outs and background photos (listed in packages.txt for
 #   Hugging Face Spaces);
-# - tcmalloc: train.fit and train.ablate re-execute on it, ~15 % more samples/s (train/allocator.py).
+# - tcmalloc: train.fit and train.ablate re-execute on it, ~7 % more samples/s (train/allocator.py).
 APT_PKGS="tuxpaint-stamps-default mate-backgrounds gnome-backgrounds libtcmalloc-minimal4"
 missing_pkgs=""
 for p in $APT_PKGS; do
