@@ -1,14 +1,22 @@
 #!/usr/bin/env bash
 # Train the shipped model's recipe (train/configs/lite_mixed_ship.yaml) on a CUDA GPU for a fixed number
-# of minutes, then stop cleanly (SIGINT: last.pt is written) and export a shippable checkpoint.
+# of minutes, then stop cleanly and export a shippable checkpoint.
 #
-#   bash scripts/train_on_gpu.sh                       # 9 minutes on cuda, batch 32, bf16, 8 data workers
-#   MINUTES=2 DEVICE=cpu BATCH=2 WORKERS=0 AMP=off MAX_STEPS=3 bash scripts/train_on_gpu.sh   # CPU smoke test
+#   bash scripts/train_on_gpu.sh                       # 9 minutes on cuda, batch 32, fp16, 8 data workers
+#   MINUTES=3 DEVICE=cpu BATCH=2 WORKERS=0 AMP=off CALIB_S=60 bash scripts/train_on_gpu.sh   # CPU smoke test
 #
-# Environment (all optional): MINUTES (wall-clock training budget), DEVICE (cuda | cpu), BATCH (per GPU),
-# WORKERS (DataLoader processes generating SynthGRES), AMP (bf16 | fp16 | off; the pixel decoder stays fp32),
-# COMPILE (true | false: torch.compile, eager fallback), OUT (run folder), MAX_STEPS (schedule length;
-# the lr schedule is a function of it, so keep it fixed across resumes), EXTRA (more key=value overrides).
+# Environment (all optional): MINUTES (wall-clock training budget, decimals allowed), DEVICE (cuda | cpu),
+# BATCH (per GPU), WORKERS (DataLoader processes generating SynthGRES), AMP (fp16 | bf16 | off; the pixel
+# decoder stays fp32), COMPILE (true | false: torch.compile, eager fallback), OUT (run folder), MAX_STEPS
+# (schedule length, or `auto`, the default: see below), CALIB_S (auto only: seconds of the measuring
+# phase, default 75), EXTRA (more key=value overrides, e.g. model.checkpoint=... train.seed=...).
+#
+# MAX_STEPS=auto fits the whole lr schedule (warm-up, constant, cosine decay) into MINUTES: the run first
+# trains CALIB_S seconds at the constant lr with an open-ended schedule, is stopped (SIGINT: last.pt), and
+# resumes with max_steps = steps done + (time left - restart time) / wall-clock s per step x 0.88
+# (train/time_budget.py). The constant phase ends at 62.5 % of max_steps, so the first phase's steps
+# follow exactly the lr they would have had.
+# A fixed MAX_STEPS trains MINUTES with that schedule (stopping early if the time runs out first).
 # The run folder is resumable: running the script again continues from OUT/last.pt.
 # Prints samples/s from the run's log at the end; the checkpoint lands in OUT/export.pt.
 set -euo pipefail
@@ -17,10 +25,11 @@ MINUTES=${MINUTES:-9}
 DEVICE=${DEVICE:-cuda}
 BATCH=${BATCH:-32}
 WORKERS=${WORKERS:-8}
-AMP=${AMP:-bf16}
+AMP=${AMP:-fp16}
 COMPILE=${COMPILE:-false}
 OUT=${OUT:-runs/gpu_lite_mixed}
-MAX_STEPS=${MAX_STEPS:-6000}
+MAX_STEPS=${MAX_STEPS:-auto}
+CALIB_S=${CALIB_S:-75}
 PY=${PYTHON:-.venv/bin/python}
 [ -x "$PY" ] || PY=python3
 
@@ -28,19 +37,43 @@ if [ "$DEVICE" = cuda ] && ! "$PY" -c "import torch, sys; sys.exit(not torch.cud
   echo "error: DEVICE=cuda but torch sees no CUDA device (torch $("$PY" -c 'import torch; print(torch.__version__)')); use DEVICE=cpu for a smoke test" >&2
   exit 2
 fi
-echo "training ${MINUTES} min on ${DEVICE}: batch ${BATCH}, amp ${AMP}, compile ${COMPILE}, ${WORKERS} workers -> ${OUT}"
-set +e
-# SIGINT after MINUTES: the engine finishes the current step and writes last.pt (exit 130 = interrupted).
-timeout --signal=INT --kill-after=120 "${MINUTES}m" "$PY" -m train.fit --config train/configs/lite_mixed_ship.yaml \
-  train.device="$DEVICE" train.batch_size="$BATCH" train.amp="$AMP" train.compile="$COMPILE" \
-  data.num_workers="$WORKERS" schedule.max_steps="$MAX_STEPS" train.output_dir="$OUT" \
-  train.eval_every=500 train.ckpt_every=100 ${EXTRA:-}
-rc=$?
-set -e
-if [ "$rc" -ne 0 ] && [ "$rc" -ne 124 ] && [ "$rc" -ne 130 ]; then
-  echo "error: training failed (exit $rc); see the output above" >&2
-  exit "$rc"
+echo "training ${MINUTES} min on ${DEVICE}: batch ${BATCH}, amp ${AMP}, compile ${COMPILE}, ${WORKERS} workers, max_steps ${MAX_STEPS} -> ${OUT}"
+t_start=$(date +%s.%N)
+budget_s=$("$PY" -c "print(round(float('$MINUTES') * 60, 1))")
+
+fit() {  # fit <seconds> <max_steps>: SIGINT after <seconds>; the engine finishes the step and writes last.pt
+  set +e
+  timeout --signal=INT --kill-after=120 "$1" "$PY" -m train.fit --config train/configs/lite_mixed_ship.yaml \
+    train.device="$DEVICE" train.batch_size="$BATCH" train.amp="$AMP" train.compile="$COMPILE" \
+    data.num_workers="$WORKERS" schedule.max_steps="$2" train.output_dir="$OUT" \
+    train.eval_every=500 train.ckpt_every=200 ${EXTRA:-}
+  local rc=$?
+  set -e
+  # 124 = timeout (SIGINT delivered), 130 = interrupted: last.pt is there either way.
+  if [ "$rc" -ne 0 ] && [ "$rc" -ne 124 ] && [ "$rc" -ne 130 ]; then
+    echo "error: training failed (exit $rc); see the output above" >&2
+    exit "$rc"
+  fi
+}
+
+if [ "$MAX_STEPS" = auto ]; then
+  if [ -f "$OUT/last.pt" ] && [ -f "$OUT/max_steps.auto" ]; then
+    # A resumed auto run keeps the schedule it was given (the lr is a function of max_steps).
+    MAX_STEPS=$(cat "$OUT/max_steps.auto")
+    echo "resuming the auto schedule: max_steps ${MAX_STEPS}"
+    fit "${budget_s}s" "$MAX_STEPS"
+  else
+    fit "${CALIB_S}s" 100000000
+    MAX_STEPS=$("$PY" -m train.time_budget "$OUT" "$t_start" "$budget_s")  # train/time_budget.py
+    echo "$MAX_STEPS" > "$OUT/max_steps.auto"
+    now=$(date +%s.%N)
+    left=$("$PY" -c "print(max(30, round($budget_s - ($now - $t_start) + 30)))")  # +30 s: let the final eval finish
+    fit "${left}s" "$MAX_STEPS"
+  fi
+else
+  fit "${budget_s}s" "$MAX_STEPS"
 fi
+
 "$PY" - "$OUT" <<'PY'
 import json, sys
 from pathlib import Path

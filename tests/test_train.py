@@ -63,7 +63,11 @@ def test_config_overrides_and_errors(tmp_path):
     nested = load_config(TINY, extra={"model": {"overrides": {"text": {"max_tokens": 12}}}})
     assert model_config(nested).text.max_tokens == 12
     assert load_config(None)["train"]["output_dir"] == str(Path("runs") / "default")
-    for bad in (["train.nope=1"], ["nosection.x=1"], ["model.overrides.text.nope=1"], ["loss.nope=1"],
+    # Every amp mode the engine implements passes validation (bf16 was once refused here while the engine
+    # and scripts/train_on_gpu.sh used it).
+    for amp, parsed in (("auto", "auto"), ("fp16", "fp16"), ("bf16", "bf16"), ("off", False)):  # YAML: off = false
+        assert load_config(TINY, [f"train.amp={amp}"])["train"]["amp"] == parsed
+    for bad in (["train.amp=int8"], ["train.nope=1"], ["nosection.x=1"], ["model.overrides.text.nope=1"], ["loss.nope=1"],
                 ["train.batch_size=0"], ["schedule.constant_until=2"], ["eval.nt_rule=sometimes"], ["novalue"]):
         with pytest.raises(ConfigError):
             load_config(TINY, bad)

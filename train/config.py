@@ -269,7 +269,7 @@ def validate(cfg: Dict[str, Any]) -> None:
     _check(isinstance(t["batch_size"], int) and t["batch_size"] > 0, "train.batch_size must be a positive int")
     _check(t["eval_batch_size"] is None or (isinstance(t["eval_batch_size"], int) and t["eval_batch_size"] > 0),
            "train.eval_batch_size must be null or a positive int")
-    _check(t["amp"] in ("auto", "fp16", "off", True, False), "train.amp must be auto, fp16 or off")
+    _check(t["amp"] in ("auto", "fp16", "bf16", "off", True, False), "train.amp must be auto, fp16, bf16 or off")
     _check(t["device"] in ("auto", "cpu", "cuda"), "train.device must be auto, cpu or cuda")
     for key in ("log_every", "eval_every", "ckpt_every"):
         _check(isinstance(t[key], int) and t[key] >= 0, f"train.{key} must be an int >= 0")

@@ -1,0 +1,48 @@
+"""train/time_budget.py: the schedule length that fits a wall-clock budget (scripts/train_on_gpu.sh)."""
+import json
+
+import pytest
+
+from train.time_budget import main, plan_max_steps
+
+
+def _records(t0: float, startup: float, sec: float, steps=range(10, 170, 10)):
+    # What the engine logs: a train record every 10 steps, plus an eval record that must be ignored.
+    recs = [{"type": "train", "step": s, "time": t0 + startup + s * sec, "sec_per_step": sec * 0.7} for s in steps]
+    recs.insert(3, {"type": "eval", "step": 30, "gIoU": 50.0})
+    return recs
+
+
+def test_plan_uses_wall_clock_and_leaves_the_safety_share():
+    t0 = 1000.0
+    recs = _records(t0, startup=25.0, sec=0.3)
+    now = recs[-1]["time"] + 5.0  # the stop and the planning took 5 s
+    max_steps, why = plan_max_steps(recs, t0, budget_s=600.0, now=now, safety=0.88)
+    left = 600.0 - (now - t0) - 25.0
+    assert max_steps == 160 + int(left / 0.3 * 0.88)
+    assert "0.300 s/step" in why and "start-up 25 s" in why
+    # The engine's sec_per_step (0.21 here) is not what plans the run: it would overrun the budget.
+    assert max_steps < 160 + int(left / 0.21 * 0.88)
+
+
+def test_plan_when_the_budget_is_already_spent_still_moves_on():
+    recs = _records(0.0, startup=10.0, sec=1.0)
+    max_steps, _ = plan_max_steps(recs, 0.0, budget_s=60.0, now=500.0)
+    assert max_steps == 161
+
+
+def test_plan_refuses_a_phase_too_short_to_measure():
+    with pytest.raises(ValueError, match="CALIB_S"):
+        plan_max_steps([{"type": "train", "step": 10, "time": 5.0}], 0.0, 600.0)
+
+
+def test_cli(tmp_path, capsys):
+    t0 = 1_000_000.0
+    (tmp_path / "log.jsonl").write_text("\n".join(json.dumps(r) for r in _records(t0, 20.0, 0.25)) + "\n")
+    # A budget far in the past: the CLI still prints a schedule longer than the steps done.
+    assert main([str(tmp_path), str(t0), "600"]) == 0
+    out = capsys.readouterr()
+    assert int(out.out.strip()) == 161 and "max_steps 161" in out.err
+    assert main([str(tmp_path / "missing"), "0", "600"]) == 2
+    assert "log.jsonl" in capsys.readouterr().err
+    assert main(["only-one-arg"]) == 2
