@@ -141,7 +141,7 @@ def read_examples(examples_dir: Path = EXAMPLES_DIR, random_scene: Any = None,
                   generated_dir: Optional[Path] = None) -> List[Tuple[Path, Dict[str, Any]]]:
     """(image path, entry) of every example offered in the gallery, from examples.json.
 
-    Entries with "gallery": false (e.g. real photos the shipped shapes-only checkpoint cannot answer)
+    Entries with "gallery": false (e.g. real photos the shipped checkpoint does not answer right)
     are left out; "synthgres-photo" entries are generated from their seed into `generated_dir`."""
     manifest = examples_dir / "examples.json"
     if not manifest.is_file():
