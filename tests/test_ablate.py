@@ -1,5 +1,6 @@
 """The ablation driver end to end on the tiny preset (2 steps per variant)."""
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -50,6 +51,57 @@ def test_claim_verdicts_by_hand():
     assert "MABP over ReLA (gIoU)" not in v  # ReLA not run: no verdict
 
 
+def _fake_result(name, seed, args, giou=None):
+    """What run_variant leaves behind: the cached ablation_result.json of a finished run."""
+    metrics = {"gIoU": 50.0 + seed if giou is None else giou, "N-acc": 40.0, "nt_rule": "any", "by_tag": {},
+               "curve": [], "train_s": 60, "sec_per_step": 1.0}
+    run = Path(args.out) / name / f"seed{seed}"
+    run.mkdir(parents=True, exist_ok=True)
+    (run / "ablation_result.json").write_text(json.dumps({"key": ablate._result_key(args), "metrics": metrics}))
+    return metrics
+
+
+def test_two_runners_share_a_plan(tmp_path, monkeypatch, capsys):
+    """A run claimed by another live runner is skipped, the rest of the plan goes on, the report counts
+    every finished run on disk; the next runner trains what was skipped."""
+    from train.run_lock import RunLock
+
+    calls = []
+    monkeypatch.setattr(ablate, "run_variant", lambda n, s, a: calls.append((n, s)) or _fake_result(n, s, a))
+    out = tmp_path / "abl"
+    cmd = ["--out", str(out), "--variants", "table5_naive", "rela", "--seeds", "0", "1"]
+    other = RunLock(out / "rela" / "seed0", name=ablate.CLAIM_NAME).acquire()  # "another runner" holds it
+    try:
+        assert ablate.main(cmd) == 0
+    finally:
+        other.release()
+    assert calls == [("table5_naive", 0), ("table5_naive", 1), ("rela", 1)]
+    err = capsys.readouterr().err
+    assert "rela seed 0: skipped, another runner has it" in err and "1 run(s) were being trained" in err
+    assert "Partial: 3 of 4 runs finished" in (out / "ablation.md").read_text()
+    calls.clear()
+    assert ablate.main(cmd) == 0  # the claim is free again: only the missing run is trained
+    assert calls == [("rela", 0)]
+    assert json.loads((out / "ablation.json").read_text())["runs_done"] == 4
+    assert "Partial" not in (out / "ablation.md").read_text()
+    assert not list(out.glob(".*tmp")) and not list(out.glob(".curves.*"))  # atomic writes leave nothing
+
+
+def test_a_run_locked_by_a_train_fit_outside_any_claim_is_skipped(tmp_path, monkeypatch, capsys):
+    from train.run_lock import RunLockedError
+
+    def busy(name, seed, args):
+        if name == "rela":
+            raise RunLockedError(f"the run folder {args.out}/rela/seed0 is in use by run x (pid 1)")
+        return _fake_result(name, seed, args)
+
+    monkeypatch.setattr(ablate, "run_variant", busy)
+    out = tmp_path / "abl"
+    assert ablate.main(["--out", str(out), "--variants", "rela", "table5_naive"]) == 0
+    assert "skipped: the run folder" in capsys.readouterr().err
+    assert json.loads((out / "ablation.json").read_text())["runs_done"] == 1
+
+
 def test_sweep_is_seed_major_and_reports_after_every_run(tmp_path, monkeypatch):
     """A sweep stopped part-way has every variant's first seed, and the report says how far it got."""
     calls, reports = [], []
@@ -58,7 +110,7 @@ def test_sweep_is_seed_major_and_reports_after_every_run(tmp_path, monkeypatch):
         calls.append((name, seed))
         if len(calls) == 3:  # the session ends during the third run
             raise KeyboardInterrupt
-        return {"gIoU": 50.0 + seed, "N-acc": 40.0, "nt_rule": "any", "by_tag": {}, "curve": [], "train_s": 60}
+        return _fake_result(name, seed, args)
 
     real_write = ablate.write_report
     monkeypatch.setattr(ablate, "run_variant", fake_run)

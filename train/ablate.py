@@ -19,11 +19,17 @@ Naive, full MABP and ReLA, from the runs' in-training evaluations every `--eval-
 Runs go seed-major (every variant's first seed before any second seed) and the report is rewritten after
 every finished run, marked partial until the plan is complete; `--report-only` rewrites it from the
 finished runs' folders without training anything.
+
+Several runners may share one plan: start the same command more than once (e.g. two runners with
+`--set train.num_threads=1` on a 2-core machine, or several processes on one GPU). Each claims a run for
+its training and evaluation (`<run>/ablate.lock`, a `flock` the kernel drops if the runner dies), skips
+runs another live runner holds, and writes the report from every finished run on disk.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import time
@@ -54,6 +60,7 @@ ROWS = {
                                     ("table6_full", "full (all heads)")],
     "Baseline": [("rela", "ReLA (100 queries, RIA/RLA, minimap aggregation)")],
 }
+CLAIM_NAME = "ablate.lock"  # a runner's claim on one (variant, seed) run folder (train/run_lock.py)
 METRICS = ("cIoU", "gIoU", "N-acc", "T-acc", "N-acc(MABP-code)", "Pr@0.9", "Pr@0.8", "Pr@0.7")
 # The paper's claims (gRefCOCO val): (claim, baseline variant, variant, metric, paper's difference).
 CLAIMS = [
@@ -288,12 +295,20 @@ def write_report(results: Dict[str, List[Dict[str, Any]]], args: argparse.Namesp
         table = (f"**Partial: {done} of {total} runs finished** (re-run the same command to continue; rows "
                  "with fewer seeds than planned have a larger error).\n\n" + table)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "ablation.md").write_text(table + "\n")
-    (out / "ablation.json").write_text(json.dumps({"args": vars(args), "results": results, "paper": PAPER,
-                                                   "verdicts": claim_verdicts(results), "runs_done": done,
-                                                   "runs_planned": total}, indent=2))
-    plot_curves(results, out / "curves.png")
+    _write_atomic(out / "ablation.md", (table + "\n").encode())
+    _write_atomic(out / "ablation.json", json.dumps({"args": vars(args), "results": results, "paper": PAPER,
+                                                     "verdicts": claim_verdicts(results), "runs_done": done,
+                                                     "runs_planned": total}, indent=2).encode())
+    tmp = out / f".curves.{os.getpid()}.png"  # runners sharing a plan never leave a half-written figure
+    if plot_curves(results, tmp) is not None:
+        os.replace(tmp, out / "curves.png")
     return table
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -351,24 +366,58 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     def results() -> Dict[str, List[Dict[str, Any]]]:
         return {v: trained[ALIASES.get(v, v)] for v in args.variants if trained[ALIASES.get(v, v)]}
 
-    if args.report_only:
+    def collect() -> int:
+        """Refill `trained` from the run folders (in plan order): several runners may share one plan, so
+        the report is always built from every finished run on disk, not from this process's alone."""
+        finished = 0
+        for b in trained:
+            trained[b] = []
         for base, seed in plan:
             done = cached_result(base, seed, args)
             if done is not None:
                 trained[base].append(done)
-        finished = sum(len(v) for v in trained.values())
+                finished += 1
+        return finished
+
+    if args.report_only:
+        finished = collect()
         if not finished:
             print(f"error: no finished run in {out} for this budget (--steps {args.steps}, --val-samples "
                   f"{args.val_samples})", file=sys.stderr)
             return 1
         print(write_report(results(), args, out, done=finished, total=len(plan)))
         return 0
-    table = ""
+    from train.run_lock import RunLock, RunLockedError
+
+    table, taken = "", []
     try:
         for k, (base, seed) in enumerate(plan):
-            print(f"== run {k + 1}/{len(plan)}: {base} seed {seed}", file=sys.stderr)
-            trained[base].append(run_variant(base, seed, args))
-            table = write_report(results(), args, out, done=k + 1, total=len(plan))
+            if cached_result(base, seed, args) is not None:
+                continue
+            # A claim on the run for its training and evaluation: a second runner started with the same
+            # command (another core, another GPU process) skips it and takes the next run of the plan.
+            claim = RunLock(out / base / f"seed{seed}", name=CLAIM_NAME)
+            try:
+                claim.acquire()
+            except RunLockedError:
+                holder = RunLock.read_info(claim.path)
+                print(f"== run {k + 1}/{len(plan)}: {base} seed {seed}: skipped, another runner has it "
+                      f"(pid {holder.get('pid', '?')})", file=sys.stderr)
+                taken.append(f"{base} seed {seed}")
+                continue
+            try:
+                print(f"== run {k + 1}/{len(plan)}: {base} seed {seed}", file=sys.stderr)
+                run_variant(base, seed, args)
+            except RunLockedError as exc:  # a train.fit outside any claim (an older runner, by hand) has it
+                print(f"   skipped: {' '.join(str(exc).split())}", file=sys.stderr)
+                taken.append(f"{base} seed {seed}")
+                continue
+            finally:
+                claim.release()
+            table = write_report(results(), args, out, done=collect(), total=len(plan))
+        finished = collect()
+        if finished:
+            table = write_report(results(), args, out, done=finished, total=len(plan))
     except KeyboardInterrupt:
         print("interrupted: finished runs are kept; re-run the same command to continue", file=sys.stderr)
         return 130
@@ -376,12 +425,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         from mabp.registry import CheckpointError, CheckpointWriteError
         from train.config import ConfigError
         from train.data.refer_common import DatasetError
-        from train.run_lock import RunLockedError
 
         if not isinstance(exc, (CheckpointError, CheckpointWriteError, ConfigError, DatasetError, RunLockedError)):
             raise
         print(f"error: {' '.join(str(exc).split())}", file=sys.stderr)
         return 1 if isinstance(exc, CheckpointWriteError) else 2
+    if taken:
+        print(f"{len(taken)} run(s) were being trained by other runners ({', '.join(taken)}); each runner "
+              "rewrites the report when it finishes one", file=sys.stderr)
     print(table)
     print(f"\nwritten: {out / 'ablation.md'}, {out / 'ablation.json'}, {out / 'curves.png'}")
     return 0

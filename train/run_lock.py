@@ -50,9 +50,9 @@ class RunLock:
     previous holder whose lock file was taken over (None when there was none).
     """
 
-    def __init__(self, folder: os.PathLike, run_id: Optional[str] = None) -> None:
+    def __init__(self, folder: os.PathLike, run_id: Optional[str] = None, name: str = LOCK_NAME) -> None:
         self.folder = Path(folder)
-        self.path = self.folder / LOCK_NAME
+        self.path = self.folder / name  # another name for another kind of claim (train.ablate's)
         self.run_id = run_id or new_run_id()
         self.stale: Optional[Dict[str, Any]] = None
         self._fd: Optional[int] = None
