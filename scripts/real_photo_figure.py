@@ -5,7 +5,8 @@
 
 Each photo gets expressions with nouns the photo world taught ("the cat", "the cup", "the spoon") and
 nouns it never saw ("the woman", "the flag"); every tile shows the model's answer (mask or "no target",
-with p(no target)) and whether the noun is in the checkpoint's vocabulary. The photos are the CC0 /
+with p(no target)), whether the noun is in the checkpoint's vocabulary, and whether the photo world
+shows that noun only as drawings (cat, cup and spoon are drawn stamps only: no photographed one). The photos are the CC0 /
 public-domain scikit-image samples bundled in assets/examples (see LICENSES.md).
 """
 from __future__ import annotations
@@ -45,6 +46,7 @@ def main() -> int:
     from mabp.predictor import MABPPredictor
     from mabp.registry import SHIPPED_CHECKPOINT, load_checkpoint
     from mabp.vocabulary import ModelVocabulary
+    from train.data.synthgres.photo import drawn_only_nouns_in
 
     torch.set_num_threads(args.threads)
     path = Path(args.checkpoint or SHIPPED_CHECKPOINT)
@@ -68,13 +70,17 @@ def main() -> int:
             tile[44:44 + small.shape[0], :small.shape[1]] = small
             verdict = f"no target (p {r.nt_prob:.2f})" if r.no_target else \
                 f"target {100 * r.area_fraction:.1f}% (p_nt {r.nt_prob:.2f})"
-            word = "" if known is None else ("  [knows the words]" if known else "  [unknown words]")
+            drawn = drawn_only_nouns_in(text)
+            word = "" if known is None else ("  [unknown words]" if not known else
+                                             f"  [knows '{drawn[0]}' from drawings only]" if drawn else
+                                             "  [knows the words]")
             cv2.putText(tile, f'"{text}"', (4, 16), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 0, 0), 1, cv2.LINE_AA)
             cv2.putText(tile, verdict + word, (4, 36), cv2.FONT_HERSHEY_SIMPLEX, 0.42,
                         (160, 0, 0) if r.no_target else (0, 110, 0), 1, cv2.LINE_AA)
             tiles.append(tile)
             answers.append({"image": name, "text": text, "no_target": bool(r.no_target), "nt_prob": float(r.nt_prob),
-                            "area_fraction": float(r.area_fraction), "in_vocabulary": known})
+                            "area_fraction": float(r.area_fraction), "in_vocabulary": known,
+                            "nouns_seen_only_as_drawings": drawn})
         rows.append(np.concatenate(tiles, axis=1))
     figure = np.concatenate(rows, axis=0)
     out = Path(args.out)

@@ -376,6 +376,19 @@ def test_manifest_facts_and_plurals():
             plural_of("mouse")) == ("pigs", "sheep", "sea lions", "buses", "butterflies", "mice")
 
 
+def test_nouns_seen_only_as_drawings():
+    from train.data.synthgres.photo import drawn_only_nouns_in
+
+    # cat, cup and spoon exist only as drawn stamps; dog and mug as photographs; "woman" is not a noun
+    assert drawn_only_nouns_in("the cat") == ["cat"] and drawn_only_nouns_in("two Cats!") == ["cat"]
+    assert drawn_only_nouns_in("the cup of coffee beside the spoon") in (["cup", "spoon"], ["spoon", "cup"])
+    assert drawn_only_nouns_in("the dog and the mug") == [] and drawn_only_nouns_in("the woman") == []
+    assert drawn_only_nouns_in("the vacuum cleaner") == ["vacuum cleaner"]
+    assert drawn_only_nouns_in("the catalogue") == []  # whole words only
+    photographed = {s.noun for s in load_manifest() if s.photographic}
+    assert not photographed & {"cat", "cup", "spoon", "vacuum cleaner"} and {"dog", "mug"} <= photographed
+
+
 def test_colour_word_from_pixels():
     import importlib.util
 

@@ -121,6 +121,27 @@ def load_manifest(path: str | None = None) -> tuple[Stamp, ...]:
                                     f"scripts/build_photo_manifest.py") from exc
 
 
+def drawn_only_nouns_in(text: str, manifest: str | None = None) -> list[str]:
+    """The nouns of `text` that the photo world shows only as drawings, never as photographs.
+
+    A model trained on the photo world "knows" such a noun ("cat", "cup", "spoon" in the Debian stamps)
+    without having seen a photographed one, which matters when it is tried on real photographs.
+    Matches whole words, singular or plural, multi-word nouns included ("vacuum cleaner").
+    Returns the nouns (singular) in the order of the manifest; [] when none.
+    Raises:
+        PhotoWorldUnavailable: the manifest is missing or malformed.
+    """
+    words = " " + " ".join("".join(c if c.isalnum() else " " for c in text.lower()).split()) + " "
+    photographed = {st.noun for st in load_manifest(manifest) if st.photographic}
+    found: list[str] = []
+    for st in load_manifest(manifest):
+        if st.noun in photographed or st.noun in found:
+            continue
+        if f" {st.noun} " in words or f" {st.plural} " in words:
+            found.append(st.noun)
+    return found
+
+
 def _install_hint() -> str:
     return ("install the photo world's Debian packages: sudo apt-get install -y " + " ".join(DEBIAN_PACKAGES)
             + f" (or point ${STAMPS_ENV} / ${BACKGROUNDS_ENV} at copies)")
