@@ -46,6 +46,9 @@ class ModelCard:
     vocabulary_kind: str = UNKNOWN_VOCABULARY  # "closed" (vocabulary set), OPEN_VOCABULARY or UNKNOWN_VOCABULARY
     trained: bool = True
     file_name: str = ""
+    # nouns of its vocabulary that the photo world shows only as drawings (per the committed manifest):
+    # known words, but never seen photographed
+    drawn_only: Tuple[str, ...] = ()
 
     def out_of_vocabulary_notice(self, text: str) -> Optional[str]:
         """A sentence for the UI when `text` has no word the model was trained on; None otherwise (and
@@ -57,6 +60,26 @@ class ModelCard:
         worlds = ", ".join(self.worlds) or "its training data"
         return ("None of these words was in the model's training data (" + worlds + "), so this answer is "
                 "a guess. See 'What this model knows' for the words it learned.")
+
+    def drawings_only_notice(self, text: str) -> Optional[str]:
+        """A sentence for the UI when `text` names a noun the model saw only as drawings; None otherwise."""
+        if not self.drawn_only or not isinstance(text, str):
+            return None
+        from train.data.synthgres.photo import PhotoWorldUnavailable, drawn_only_nouns_in
+
+        try:
+            found = [n for n in drawn_only_nouns_in(text) if n in self.drawn_only]
+        except PhotoWorldUnavailable:
+            return None
+        if not found:
+            return None
+        names = ", ".join(f"'{html.escape(n)}'" for n in found)
+        return (f"The model knows {names} only from drawings (no photograph of one was in its training "
+                "data): on a photograph this answer is unreliable.")
+
+    def notice(self, text: str) -> Optional[str]:
+        """The notice shown beside an answer: out of vocabulary first, else known only from drawings."""
+        return self.out_of_vocabulary_notice(text) or self.drawings_only_notice(text)
 
 
 def _dataset_of(ckpt: Dict[str, Any]) -> Optional[str]:
@@ -143,7 +166,24 @@ def model_card(ckpt: Optional[Dict[str, Any]], path: Optional[Path] = None, pres
         size = Path(path).stat().st_size / 1e6
     return ModelCard(preset=str(cfg.get("preset") or preset or "?"), worlds=worlds_of(ckpt, vocab), size_mb=size,
                      scores=scores, scores_source=source, vocabulary=vocab, vocabulary_kind=kind,
-                     trained=trained, file_name=Path(path).name if path is not None else "")
+                     trained=trained, file_name=Path(path).name if path is not None else "",
+                     drawn_only=drawn_only_of(vocab))
+
+
+def drawn_only_of(vocab: Optional[ModelVocabulary]) -> Tuple[str, ...]:
+    """The vocabulary's nouns that the photo world (committed manifest) has only as drawings; () when the
+    model was not trained on the photo world or the manifest cannot be read."""
+    if vocab is None or "photo" not in vocab.worlds:
+        return ()
+    from train.data.synthgres.photo import PhotoWorldUnavailable, load_manifest
+
+    try:
+        stamps = load_manifest()
+    except PhotoWorldUnavailable:
+        return ()
+    photographed = {s.noun for s in stamps if s.photographic}
+    drawn = {s.noun for s in stamps if not s.photographic} - photographed
+    return tuple(n for n in vocab.nouns if n in drawn)
 
 
 def card_markdown(card: ModelCard) -> str:
@@ -181,6 +221,9 @@ def vocabulary_markdown(card: ModelCard) -> str:
              f"- **Colours**: {_words(list(v.colours))}",
              f"- **Spatial words**: {_words(list(v.spatial))}",
              f"- **Counts**: {_words(list(v.count_words))}"]
+    if card.drawn_only:
+        lines.append(f"- **Known only from drawings** (no photograph in training; unreliable on photos): "
+                     f"{_words(list(card.drawn_only))}")
     if v.other:
         lines.append(f"- **Other words** (sizes, groups): {_words(list(v.other))}")
     if v.taxonomy:

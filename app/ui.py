@@ -245,7 +245,7 @@ class DemoCallbacks:
         if notes:
             latency += "  \nInput: " + "; ".join(notes) + "."
         trunc = render.truncation_note(r.tokens, r.num_tokens, self.max_tokens) if r.truncated else ""
-        notice = self.card.out_of_vocabulary_notice(r.text) if self.card is not None else None
+        notice = self.card.notice(r.text) if self.card is not None else None
         banner = render.status_banner(r.no_target, r.nt_prob, r.area_fraction, r.nt_rule,
                                       pixels=int(np.count_nonzero(r.mask)), notice=notice)
         self._trim(r.mask.size)

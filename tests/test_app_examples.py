@@ -118,6 +118,12 @@ def test_model_card_of_the_shipped_checkpoint(shipped):
     vocab = vocabulary_markdown(card)
     assert "circle / circles" in vocab and "purple" in vocab and "above" in vocab
     assert card.out_of_vocabulary_notice("the woman") and not card.out_of_vocabulary_notice("the red circle")
+    # the photo world has cat and cup only as drawings: known words, flagged on the answer and in the panel
+    if "SynthGRES photo" in worlds:
+        assert {"cat", "cup", "spoon"} <= set(card.drawn_only) and "dog" not in card.drawn_only
+        assert "only from drawings" in card.notice("the two cats") and card.notice("the dog") is None
+        assert card.notice("the woman") == card.out_of_vocabulary_notice("the woman")
+        assert "Known only from drawings" in vocab and "cat" in vocab.split("Known only from drawings")[1]
 
 
 def test_model_card_kinds_from_what_the_checkpoint_stores(tmp_path):
@@ -142,6 +148,10 @@ def test_model_card_kinds_from_what_the_checkpoint_stores(tmp_path):
     assert both.worlds == ("SynthGRES shapes", "SynthGRES photo") and both.vocabulary.nouns == ("circle", "pig")
     assert both.scores == {"gIoU": 70.0, "cIoU": 68.0} and both.scores_source == "stored in the checkpoint"
     assert both.out_of_vocabulary_notice("the pig") is None and both.out_of_vocabulary_notice("the woman")
+    assert both.drawn_only == () and both.notice("the pig") is None  # pig: photographed stamps exist
+    drawn = model_card({**base, "vocabulary": ModelVocabulary(worlds=("photo",), nouns=("cat", "dog")).to_dict()})
+    assert drawn.drawn_only == ("cat",) and "'cat' only from drawings" in drawn.notice("the cat")
+    assert synth.drawn_only == ()  # shapes only: nothing to say
     bad = model_card({**base, "vocabulary": {"nouns": "not a list"}})
     assert bad.vocabulary is None and bad.vocabulary_kind == UNKNOWN_VOCABULARY
 
