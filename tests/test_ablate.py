@@ -114,13 +114,17 @@ def test_sweep_is_seed_major_and_reports_after_every_run(tmp_path, monkeypatch):
 
     real_write = ablate.write_report
     monkeypatch.setattr(ablate, "run_variant", fake_run)
-    monkeypatch.setattr(ablate, "write_report", lambda *a, **k: reports.append(k) or real_write(*a, **k))
+    report_args = []
+    monkeypatch.setattr(ablate, "write_report",
+                        lambda *a, **k: reports.append(k) or report_args.append(a) or real_write(*a, **k))
     out = tmp_path / "abl"
     code = ablate.main(["--out", str(out), "--variants", "table5_naive", "rela", "table5_full",
                         "--seeds", "0", "--seeds-for", "table5_naive=0,1", "rela=0,1"])
     assert code == 130
     assert calls == [("table5_naive", 0), ("rela", 0), ("table5_full", 0)]
     assert [(r["done"], r["total"]) for r in reports] == [(1, 5), (2, 5)]
+    # each report holds the run that just finished (not the state before it)
+    assert [sum(len(v) for v in a[0].values()) for a in report_args] == [1, 2]
     text = (out / "ablation.md").read_text()
     assert "Partial: 2 of 5 runs finished" in text and "ReLA" in text
 

@@ -414,7 +414,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 continue
             finally:
                 claim.release()
-            table = write_report(results(), args, out, done=collect(), total=len(plan))
+            finished = collect()  # first: results() reads what collect() refills
+            table = write_report(results(), args, out, done=finished, total=len(plan))
         finished = collect()
         if finished:
             table = write_report(results(), args, out, done=finished, total=len(plan))
