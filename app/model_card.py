@@ -73,7 +73,7 @@ class ModelCard:
             return None
         if not found:
             return None
-        names = ", ".join(f"'{html.escape(n)}'" for n in found)
+        names = ", ".join(f"'{n}'" for n in found)  # plain text: the banner escapes it
         return (f"The model knows {names} only from drawings (no photograph of one was in its training "
                 "data): on a photograph this answer is unreliable.")
 
