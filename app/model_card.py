@@ -61,16 +61,20 @@ class ModelCard:
         return ("None of these words was in the model's training data (" + worlds + "), so this answer is "
                 "a guess. See 'What this model knows' for the words it learned.")
 
-    def drawings_only_notice(self, text: str) -> Optional[str]:
-        """A sentence for the UI when `text` names a noun the model saw only as drawings; None otherwise."""
+    def drawn_only_in(self, text: str) -> List[str]:
+        """The nouns of `text` that this model saw only as drawings (singular, manifest order); []."""
         if not self.drawn_only or not isinstance(text, str):
-            return None
+            return []
         from train.data.synthgres.photo import PhotoWorldUnavailable, drawn_only_nouns_in
 
         try:
-            found = [n for n in drawn_only_nouns_in(text) if n in self.drawn_only]
+            return [n for n in drawn_only_nouns_in(text) if n in self.drawn_only]
         except PhotoWorldUnavailable:
-            return None
+            return []
+
+    def drawings_only_notice(self, text: str) -> Optional[str]:
+        """A sentence for the UI when `text` names a noun the model saw only as drawings; None otherwise."""
+        found = self.drawn_only_in(text)
         if not found:
             return None
         names = ", ".join(f"'{n}'" for n in found)  # plain text: the banner escapes it

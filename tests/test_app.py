@@ -518,7 +518,20 @@ def test_out_of_vocabulary_expressions_get_a_notice_and_still_an_answer(files):
         assert cbx.api_segment(str(files["rgb"]), text, 0.5)[1]["out_of_vocabulary"] is True
     out = cbx.segment(str(files["rgb"]), "the two red circles", 0.5, "any", "segmentation", None)
     assert "mabp-oov" not in out[1]
-    assert cbx.api_segment(str(files["rgb"]), "the red circle", 0.5)[1]["out_of_vocabulary"] is False
+    info = cbx.api_segment(str(files["rgb"]), "the red circle", 0.5)[1]
+    assert info["out_of_vocabulary"] is False and info["known_only_from_drawings"] == []
+    # a photo-world model that saw cats only as drawings: said beside the answer and in the API's JSON
+    from mabp.vocabulary import ModelVocabulary
+    from app.model_card import drawn_only_of
+
+    vocab = ModelVocabulary(worlds=("shapes", "photo"), nouns=("circle", "cat", "dog"), colours=("red",))
+    photo = ModelCard(preset="lite", worlds=("SynthGRES shapes", "SynthGRES photo"), vocabulary=vocab,
+                      vocabulary_kind="closed", drawn_only=drawn_only_of(vocab))
+    cbp = DemoCallbacks(SegmentService(tiny_predictor()), card=photo)
+    out = cbp.segment(str(files["rgb"]), "the red cat", 0.5, "any", "segmentation", None)
+    assert "only from drawings" in out[1] and not _is_error(out)
+    assert cbp.api_segment(str(files["rgb"]), "the cat", 0.5)[1]["known_only_from_drawings"] == ["cat"]
+    assert cbp.api_segment(str(files["rgb"]), "the dog", 0.5)[1]["known_only_from_drawings"] == []
 
 
 def test_non_image_upload_leaves_a_lasting_error_and_clears_the_old_result(cb, files):

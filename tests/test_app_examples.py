@@ -151,6 +151,7 @@ def test_model_card_kinds_from_what_the_checkpoint_stores(tmp_path):
     assert both.drawn_only == () and both.notice("the pig") is None  # pig: photographed stamps exist
     drawn = model_card({**base, "vocabulary": ModelVocabulary(worlds=("photo",), nouns=("cat", "dog")).to_dict()})
     assert drawn.drawn_only == ("cat",) and "'cat' only from drawings" in drawn.notice("the cat")
+    assert drawn.drawn_only_in("the cats and the dog") == ["cat"] and drawn.drawn_only_in("the dog") == []
     assert synth.drawn_only == ()  # shapes only: nothing to say
     bad = model_card({**base, "vocabulary": {"nouns": "not a list"}})
     assert bad.vocabulary is None and bad.vocabulary_kind == UNKNOWN_VOCABULARY
