@@ -9,7 +9,9 @@
 # BATCH (per GPU), WORKERS (DataLoader processes generating SynthGRES), AMP (fp16 | bf16 | off; the pixel
 # decoder stays fp32), COMPILE (true | false: torch.compile, eager fallback), OUT (run folder), MAX_STEPS
 # (schedule length, or `auto`, the default: see below), CALIB_S (auto only: seconds of the measuring
-# phase, default 75), EXTRA (more key=value overrides, e.g. model.checkpoint=... train.seed=...).
+# phase, default 75), START (the warm start, default the shipped checkpoint: a further stage of it; the
+# recipe's own start, stage 3's, is the first shipped checkpoint: see lite_mixed_ship.yaml), EXTRA (more
+# key=value overrides, e.g. train.seed=... data.kwargs.closeup_share=0.25).
 #
 # MAX_STEPS=auto fits the whole lr schedule (warm-up, constant, cosine decay) into MINUTES: the run first
 # trains CALIB_S seconds at the constant lr with an open-ended schedule, is stopped (SIGINT: last.pt), and
@@ -30,6 +32,7 @@ COMPILE=${COMPILE:-false}
 OUT=${OUT:-runs/gpu_lite_mixed}
 MAX_STEPS=${MAX_STEPS:-auto}
 CALIB_S=${CALIB_S:-75}
+START=${START:-assets/checkpoints/mabp-lite-synthgres.pt}
 PY=${PYTHON:-.venv/bin/python}
 [ -x "$PY" ] || PY=python3
 
@@ -45,7 +48,7 @@ fit() {  # fit <seconds> <max_steps>: SIGINT after <seconds>; the engine finishe
   set +e
   timeout --signal=INT --kill-after=120 "$1" "$PY" -m train.fit --config train/configs/lite_mixed_ship.yaml \
     train.device="$DEVICE" train.batch_size="$BATCH" train.amp="$AMP" train.compile="$COMPILE" \
-    data.num_workers="$WORKERS" schedule.max_steps="$2" train.output_dir="$OUT" \
+    model.checkpoint="$START" data.num_workers="$WORKERS" schedule.max_steps="$2" train.output_dir="$OUT" \
     train.eval_every=500 train.ckpt_every=200 ${EXTRA:-}
   local rc=$?
   set -e
@@ -57,13 +60,24 @@ fit() {  # fit <seconds> <max_steps>: SIGINT after <seconds>; the engine finishe
 }
 
 if [ "$MAX_STEPS" = auto ]; then
+  # The open-ended schedule of the measuring phase; a run folder stopped inside that phase measures again.
+  OPEN=100000000
+  prev=""
+  if [ -f "$OUT/last.pt" ] && [ -f "$OUT/config.yaml" ]; then
+    prev=$("$PY" -c "import sys, yaml; print(yaml.safe_load(open(sys.argv[1]))['schedule']['max_steps'])" "$OUT/config.yaml")
+  fi
   if [ -f "$OUT/last.pt" ] && [ -f "$OUT/max_steps.auto" ]; then
     # A resumed auto run keeps the schedule it was given (the lr is a function of max_steps).
     MAX_STEPS=$(cat "$OUT/max_steps.auto")
     echo "resuming the auto schedule: max_steps ${MAX_STEPS}"
     fit "${budget_s}s" "$MAX_STEPS"
+  elif [ -n "$prev" ] && [ "$prev" != "$OPEN" ]; then
+    # A run started with a fixed MAX_STEPS: measuring at the constant lr would undo its decay.
+    MAX_STEPS=$prev
+    echo "resuming the run's own schedule: max_steps ${MAX_STEPS} (from $OUT/config.yaml)"
+    fit "${budget_s}s" "$MAX_STEPS"
   else
-    fit "${CALIB_S}s" 100000000
+    fit "${CALIB_S}s" "$OPEN"
     MAX_STEPS=$("$PY" -m train.time_budget "$OUT" "$t_start" "$budget_s")  # train/time_budget.py
     echo "$MAX_STEPS" > "$OUT/max_steps.auto"
     now=$(date +%s.%N)

@@ -25,6 +25,18 @@ def test_plan_uses_wall_clock_and_leaves_the_safety_share():
     assert max_steps < 160 + int(left / 0.21 * 0.88)
 
 
+def test_plan_reads_only_the_last_run_of_a_resumed_folder():
+    # an earlier, interrupted measuring phase (an hour before, run "a") must not count
+    old = [dict(r, run="a") for r in _records(0.0, startup=20.0, sec=0.5, steps=range(10, 60, 10))]
+    t0 = 3600.0
+    new = [dict(r, run="b", step=r["step"] + 50) for r in _records(t0, startup=25.0, sec=0.3)
+           if r.get("type") == "train"]
+    now = new[-1]["time"] + 5.0
+    max_steps, why = plan_max_steps(old + new, t0, budget_s=600.0, now=now)
+    assert "0.300 s/step" in why and "start-up 25 s" in why and "after 210 steps" in why
+    assert max_steps == 210 + int((600.0 - (now - t0) - 25.0) / 0.3 * 0.88)
+
+
 def test_plan_when_the_budget_is_already_spent_still_moves_on():
     recs = _records(0.0, startup=10.0, sec=1.0)
     max_steps, _ = plan_max_steps(recs, 0.0, budget_s=60.0, now=500.0)

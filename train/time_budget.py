@@ -40,12 +40,16 @@ def plan_max_steps(records: Sequence[Dict], t_start: float, budget_s: float, now
     The resume is assumed to pay the same start-up as the measuring phase.
     """
     train: List[Dict] = [r for r in records if r.get("type") == "train" and "time" in r and "step" in r]
+    if train and train[-1].get("run") is not None:  # this phase only: a resumed folder holds older runs too
+        train = [r for r in train if r.get("run") == train[-1]["run"]]
     if len(train) < 2 or train[-1]["step"] <= train[0]["step"]:
         raise ValueError(f"the measuring phase logged {len(train)} train record(s); give it more time (CALIB_S)")
     now = time.time() if now is None else now
     sec = (train[-1]["time"] - train[0]["time"]) / (train[-1]["step"] - train[0]["step"])
     step = int(train[-1]["step"])
-    startup = max(0.0, train[0]["time"] - t_start - train[0]["step"] * sec)
+    # the steps before the first record: one logging interval (a fresh run logs step 10 first)
+    before = train[1]["step"] - train[0]["step"]
+    startup = max(0.0, train[0]["time"] - t_start - before * sec)
     left = budget_s - (now - t_start) - startup
     more = max(int(max(left, 0.0) / sec * safety), 1)
     why = (f"measured {sec:.3f} s/step (wall clock) after {step} steps, start-up {startup:.0f} s, {left:.0f} s left: "

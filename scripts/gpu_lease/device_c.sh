@@ -15,7 +15,7 @@ mkdir -p $RUN
 nvidia-smi --query-gpu=timestamp,utilization.gpu,memory.used --format=csv -l 20 > $RES/smi.csv 2>&1 &
 SMI=$!
 MINUTES=${MINUTES:-8} BATCH=${BATCH:-64} WORKERS=${WORKERS:-10} AMP=${AMP:-fp16} CALIB_S=${CALIB_S:-70} \
-  OUT=$RUN PYTHON=python3 EXTRA="model.checkpoint=.gpu/c/start.pt train.seed=${SEED:-5} data.kwargs.closeup_share=0.25 ${XTRA:-}" \
+  OUT=$RUN PYTHON=python3 START=.gpu/c/start.pt EXTRA="train.seed=${SEED:-5} data.kwargs.closeup_share=0.25 ${XTRA:-}" \
   bash scripts/train_on_gpu.sh > $RES/train.log 2>&1
 rc=$?
 kill $SMI 2>/dev/null
