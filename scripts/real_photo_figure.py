@@ -6,8 +6,8 @@
 Each photo gets expressions with nouns the photo world taught ("the cat", "the cup", "the spoon") and
 nouns it never saw ("the woman", "the flag"); every tile shows the model's answer (mask or "no target",
 with p(no target)), whether the noun is in the checkpoint's vocabulary, and whether the photo world
-shows that noun only as drawings (cat, cup and spoon are drawn stamps only: no photographed one). The photos are the CC0 /
-public-domain scikit-image samples bundled in assets/examples (see LICENSES.md).
+shows that noun only as drawings (cat, cup and spoon are drawn stamps only: no photographed one). The
+photos are the CC0 / public-domain scikit-image samples bundled in assets/examples (see LICENSES.md).
 """
 from __future__ import annotations
 

@@ -58,3 +58,4 @@ def test_cli(tmp_path, capsys):
     assert main([str(tmp_path / "missing"), "0", "600"]) == 2
     assert "log.jsonl" in capsys.readouterr().err
     assert main(["only-one-arg"]) == 2
+    assert main([str(tmp_path), "yesterday", "600"]) == 2 and "error" in capsys.readouterr().err
