@@ -179,14 +179,12 @@ def drawn_only_of(vocab: Optional[ModelVocabulary]) -> Tuple[str, ...]:
     model was not trained on the photo world or the manifest cannot be read."""
     if vocab is None or "photo" not in vocab.worlds:
         return ()
-    from train.data.synthgres.photo import PhotoWorldUnavailable, load_manifest
+    from train.data.synthgres.photo import PhotoWorldUnavailable, drawn_only_nouns
 
     try:
-        stamps = load_manifest()
+        drawn = drawn_only_nouns()
     except PhotoWorldUnavailable:
         return ()
-    photographed = {s.noun for s in stamps if s.photographic}
-    drawn = {s.noun for s in stamps if not s.photographic} - photographed
     return tuple(n for n in vocab.nouns if n in drawn)
 
 

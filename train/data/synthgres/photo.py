@@ -121,23 +121,30 @@ def load_manifest(path: str | None = None) -> tuple[Stamp, ...]:
                                     f"scripts/build_photo_manifest.py") from exc
 
 
-def drawn_only_nouns_in(text: str, manifest: str | None = None) -> list[str]:
-    """The nouns of `text` that the photo world shows only as drawings, never as photographs.
+@lru_cache(maxsize=4)
+def drawn_only_nouns(manifest: str | None = None) -> frozenset[str]:
+    """The nouns the photo world shows only as drawings, never as photographs ("cat", "cup", "spoon" in
+    the committed manifest). Raises PhotoWorldUnavailable when the manifest is missing or malformed."""
+    stamps = load_manifest(manifest)
+    photographed = {st.noun for st in stamps if st.photographic}
+    return frozenset(st.noun for st in stamps if st.noun not in photographed)
 
-    A model trained on the photo world "knows" such a noun ("cat", "cup", "spoon" in the Debian stamps)
-    without having seen a photographed one, which matters when it is tried on real photographs.
+
+def drawn_only_nouns_in(text: str, manifest: str | None = None) -> list[str]:
+    """The nouns of `text` that the photo world shows only as drawings (`drawn_only_nouns`).
+
+    A model trained on the photo world "knows" such a noun without having seen a photographed one,
+    which matters when it is tried on real photographs.
     Matches whole words, singular or plural, multi-word nouns included ("vacuum cleaner").
     Returns the nouns (singular) in the order of the manifest; [] when none.
     Raises:
         PhotoWorldUnavailable: the manifest is missing or malformed.
     """
     words = " " + " ".join("".join(c if c.isalnum() else " " for c in text.lower()).split()) + " "
-    photographed = {st.noun for st in load_manifest(manifest) if st.photographic}
+    drawn = drawn_only_nouns(manifest)
     found: list[str] = []
     for st in load_manifest(manifest):
-        if st.noun in photographed or st.noun in found:
-            continue
-        if f" {st.noun} " in words or f" {st.plural} " in words:
+        if st.noun in drawn and st.noun not in found and (f" {st.noun} " in words or f" {st.plural} " in words):
             found.append(st.noun)
     return found
 

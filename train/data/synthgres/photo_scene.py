@@ -267,10 +267,7 @@ def generate_photo_scene(rng: np.random.Generator, assets: PhotoAssets, size: in
     closeup = split == "train" and closeup_share > 0 and bool(rng.random() < closeup_share)
     objects: list[PhotoObject] | None = None
     for _ in range(50):
-        if closeup:
-            n = 1
-        else:
-            n = int(rng.integers(5, 9)) if clutter else int(rng.integers(1, 7))
+        n = 1 if closeup else int(rng.integers(5, 9)) if clutter else int(rng.integers(1, 7))
         idxs = _pick_stamps(rng, n, pool, held, stamps, split)
         sizes = ["large" if closeup or rng.random() < 0.4 else "small" for _ in range(n)]
         objs = [_prepare(assets, rng, i, z, short, closeup) for i, z in zip(idxs, sizes)]
