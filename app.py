@@ -51,6 +51,9 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
                     help="answer new expressions with ONNX Runtime (same maths, checked against PyTorch at start; "
                          "env MABP_FAST_PATH; default on)")
     ap.add_argument("--concurrency", type=int, default=2, help="events processed at once (queue limit)")
+    ap.add_argument("--parallel", type=int, default=int(env["MABP_PARALLEL"]) if env.get("MABP_PARALLEL") else None,
+                    help="expressions answered at once on the fast path, each on one core (env MABP_PARALLEL; "
+                         "default: the torch threads; 1 serves one at a time on all threads)")
     args = ap.parse_args(argv)
     switch = {"on": "on", "1": "on", "true": "on", "yes": "on", "off": "off", "0": "off", "false": "off", "no": "off"}
     if str(args.fast_path).strip().lower() not in switch:
@@ -70,9 +73,12 @@ from app.service import ModelThread, load_model  # noqa: E402  (torch is importe
 from app.ui import create_app, launch_options  # noqa: E402
 
 # Every torch call (loading included) runs on this one thread: see app/service.py (ModelThread).
-MODEL_THREAD = ModelThread(ARGS.threads or max(1, min(2, os.cpu_count() or 1)))
+THREADS = ARGS.threads or max(1, min(2, os.cpu_count() or 1))
+MODEL_THREAD = ModelThread(THREADS)
+PARALLEL = max(1, ARGS.parallel if ARGS.parallel is not None else THREADS)
 try:
-    LOADED = MODEL_THREAD.run(load_model, ARGS.checkpoint, preset=ARGS.preset, fast_path=ARGS.fast_path == "on")
+    LOADED = MODEL_THREAD.run(load_model, ARGS.checkpoint, preset=ARGS.preset, fast_path=ARGS.fast_path == "on",
+                              concurrent=PARALLEL > 1)
 except (CheckpointError, FileNotFoundError) as _exc:  # a bad --checkpoint: one line naming the file, exit 2
     if __name__ != "__main__":
         raise
@@ -81,7 +87,8 @@ except (CheckpointError, FileNotFoundError) as _exc:  # a bad --checkpoint: one 
 if LOADED.notice:
     log.warning("%s — serving %s", LOADED.notice, LOADED.source)
 demo = create_app(LOADED.predictor, notice=LOADED.notice, source=LOADED.source,
-                  concurrency_limit=ARGS.concurrency, runner=MODEL_THREAD, card=LOADED.card)
+                  concurrency_limit=max(ARGS.concurrency, PARALLEL), runner=MODEL_THREAD, card=LOADED.card,
+                  parallel=PARALLEL)
 
 if __name__ == "__main__":
     demo.launch(**launch_options(ARGS.host, ARGS.port, ARGS.share))

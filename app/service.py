@@ -12,6 +12,13 @@
     hold close to 1 GB. The newest entry is always kept.
 Everything visual (overlays, charts) happens outside the lock.
 
+Concurrent expressions: with the fast path built `concurrent` (a one-thread ONNX session beside the
+multi-threaded one) and `parallel` > 1, a plain expression (no introspection) takes the lock only to find
+or encode its image, then runs on one of `parallel` expression workers (threads with torch set to one
+thread) while the lock is free: two requests in flight use both cores, one request alone takes the
+multi-threaded session. An encoded image in use is never evicted. Measured: benchmarks/app_load.py
+(docs/performance.md §6).
+
 `ModelThread` runs every torch call of the app (loading included) on ONE long-lived thread. libgomp,
 torch's OpenMP runtime, gives every Python thread that runs a parallel op its own thread team, and once
 it manages more threads than there are cores it cuts its spin-waiting to almost nothing; a forward pass
@@ -35,7 +42,7 @@ from typing import Any, Callable, Optional, Tuple
 import numpy as np
 
 from mabp.image_io import InputError
-from mabp.predictor import GRESResult, MABPPredictor
+from mabp.predictor import FastPathRefused, GRESResult, MABPPredictor
 
 from mabp.image_files import image_digest, load_image
 from mabp.postprocess import NT_RULES
@@ -91,7 +98,7 @@ def predictor_bytes(pred: MABPPredictor) -> int:
     """What one cached predictor holds: the original image, its resized tensor, the cached visual
     features and the per-text outputs."""
     return (_tensor_bytes(pred._image) + _tensor_bytes(pred._tensor) + _tensor_bytes(pred._visual)
-            + _tensor_bytes(list(pred._outputs.values())))
+            + _tensor_bytes(pred.cached_outputs()))
 
 
 @dataclass
@@ -120,7 +127,8 @@ def resolve_checkpoint(cli_value: Optional[str] = None, env: Optional[dict] = No
 
 
 def load_model(checkpoint: Optional[str] = None, fallback_preset: str = "lite", env: Optional[dict] = None,
-               device: str = "cpu", preset: Optional[str] = None, fast_path: bool = False) -> LoadedModel:
+               device: str = "cpu", preset: Optional[str] = None, fast_path: bool = False,
+               concurrent: bool = False) -> LoadedModel:
     """Build the model once, on CPU. Nothing is downloaded: the lite preset's encoders come from
     installed packages, and a checkpoint (ours or a converted `paper` one) rebuilds from its config.
 
@@ -128,7 +136,8 @@ def load_model(checkpoint: Optional[str] = None, fallback_preset: str = "lite", 
     decoder) is used and the returned notice says so; app.py shows it and logs it. `preset` (with
     no checkpoint) asks for an untrained preset on purpose, e.g. "tiny" for a quick smoke run.
     fast_path=True builds the ONNX Runtime path for new expressions (mabp/fast_path.py; it checks itself
-    against PyTorch and is left off, with the reason logged, when it cannot serve this model).
+    against PyTorch and is left off, with the reason logged, when it cannot serve this model);
+    concurrent=True also loads its one-thread expression session (see SegmentService `parallel`).
     """
     from mabp import build_mabp
     from mabp.registry import load_checkpoint
@@ -156,7 +165,7 @@ def load_model(checkpoint: Optional[str] = None, fallback_preset: str = "lite", 
     if fast_path:
         from mabp.fast_path import build_fast_path
 
-        fast, fast_note = build_fast_path(model)
+        fast, fast_note = build_fast_path(model, concurrent=concurrent)
     log.info("%s", fast_note)
     predictor = MABPPredictor(model, device=device, fast_path=fast)
     warm_up(predictor)
@@ -202,6 +211,12 @@ class ModelThread:
         self._executor.shutdown(wait=False)
 
 
+def _one_torch_thread() -> None:
+    import torch
+
+    torch.set_num_threads(1)  # per-thread OpenMP setting (see ModelThread): each worker stays on one core
+
+
 def _inline(fn: Callable[..., Any], *args, **kwargs) -> Any:
     return fn(*args, **kwargs)
 
@@ -211,10 +226,12 @@ class SegmentService:
 
     runner: a ModelThread to run every model call on (app.py passes one); None runs them in the
     calling thread (tests, notebooks).
+    parallel: expression workers for fast-path answers (module docstring); used only when the
+    predictor's fast path has its one-thread session; 0 or 1 keeps every call on `runner`.
     """
 
     def __init__(self, predictor: MABPPredictor, max_images: int = 4, runner: Optional[ModelThread] = None,
-                 max_bytes: Optional[int] = None):
+                 max_bytes: Optional[int] = None, parallel: int = 0):
         self.model = predictor.model
         self.max_pixels = predictor.max_pixels
         self.max_tokens = predictor.cfg.text.max_tokens if hasattr(predictor.cfg.text, "max_tokens") else None
@@ -228,6 +245,17 @@ class SegmentService:
         self.set_image_ms: dict = {}
         self.notes: "OrderedDict[str, list]" = OrderedDict()  # digest -> what was converted on input
         self._decoded: "OrderedDict[str, Tuple[np.ndarray, str]]" = OrderedDict()  # file path -> (rgb, digest)
+        self._in_use: dict = {}  # id(predictor) -> expressions running on it outside the lock
+        self._workers: Optional[ThreadPoolExecutor] = None
+        fast = predictor.fast_path
+        if int(parallel) > 1 and fast is not None and getattr(fast, "single_thread_session", None) is not None:
+            self._workers = ThreadPoolExecutor(max_workers=int(parallel), thread_name_prefix="mabp-expr",
+                                               initializer=_one_torch_thread)
+
+    @property
+    def parallel(self) -> int:
+        """How many expressions can run at once (1: all on the model thread)."""
+        return self._workers._max_workers if self._workers is not None else 1
 
     # ------------------------------------------------------------------------------------- images
     def load(self, source) -> Tuple[np.ndarray, str]:
@@ -284,7 +312,10 @@ class SegmentService:
         """Drop the least recently used predictors beyond the count or byte cap (the newest stays).
         Called with the model lock held (the predictors' outputs grow during predict)."""
         while len(self._pool) > 1 and (len(self._pool) > self._max_images or self.pool_bytes() > self.max_bytes):
-            old_key, old = self._pool.popitem(last=False)
+            old_key = next((k for k, p in self._pool.items() if not self._in_use.get(id(p))), None)
+            if old_key is None or old_key == next(reversed(self._pool)):
+                break  # everything older is answering an expression right now: evict it later
+            old = self._pool.pop(old_key)
             old.reset_image()
             self.set_image_ms.pop(old_key, None)
 
@@ -321,7 +352,36 @@ class SegmentService:
         self._report_encoding(key, progress)
         if progress and introspect:
             progress(0.5, "recording attention, word weights and prototypes")
+        if self._workers is not None and not introspect:
+            with self._template.fast_path.requests():  # others in flight: one-thread runs (mabp/fast_path.py)
+                try:
+                    return self._predict_parallel(rgb, key, text, threshold, nt_rule)
+                except FastPathRefused:
+                    pass  # eager PyTorch must run alone (forward hooks): on the model thread, below
         return self._run(self._predict, rgb, key, text, threshold, nt_rule, introspect)
+
+    def _predict_parallel(self, rgb: np.ndarray, key: str, text: str, threshold: Optional[float],
+                          nt_rule: Optional[str]) -> GRESResult:
+        """The image found/encoded on the model thread, the expression on an expression worker."""
+        pred, cached = self._run(self._check_out, rgb, key, text)
+        try:
+            result = self._workers.submit(pred.predict, text, threshold, nt_rule, fast_only=True).result()
+            result.extras["cached"] = cached
+            return result
+        finally:
+            with self._lock:
+                self._in_use[id(pred)] -= 1
+                if not self._in_use[id(pred)]:
+                    del self._in_use[id(pred)]
+                self._evict_predictors()  # what could not be evicted while in use
+
+    def _check_out(self, rgb: np.ndarray, key: str, text: str) -> Tuple[MABPPredictor, bool]:
+        """The image's predictor (encoded if new), marked in use until the caller gives it back."""
+        with self._lock:
+            pred, _ = self._predictor_for(rgb, key)
+            self._in_use[id(pred)] = self._in_use.get(id(pred), 0) + 1
+            self._evict_predictors()
+            return pred, pred.has_outputs(text)
 
     def _predict(self, rgb: np.ndarray, key: str, text: str, threshold: Optional[float], nt_rule: Optional[str],
                  introspect: bool) -> GRESResult:
@@ -329,7 +389,7 @@ class SegmentService:
             pred, _ = self._predictor_for(rgb, key)
             # Whether the model outputs for this text were already cached on this image (then the
             # result's latency is post-processing only); the predictor keeps them per text.
-            cached = text in pred._outputs
+            cached = pred.has_outputs(text)
             result = pred.predict(text, threshold=threshold, nt_rule=nt_rule, introspect=introspect)
             result.extras["cached"] = cached
             self._evict_predictors()  # per-text outputs grew
@@ -337,4 +397,4 @@ class SegmentService:
 
     def cached_texts(self, key: str) -> int:
         pred = self._pool.get(key)
-        return 0 if pred is None else len(pred._outputs)
+        return 0 if pred is None else len(pred.cached_outputs())

@@ -650,16 +650,17 @@ def _chart(elem_id: str):
 def create_app(predictor: MABPPredictor, notice: Optional[str] = None, source: Optional[str] = None,
                examples_dir: Path = EXAMPLES_DIR, max_images: int = 4,
                concurrency_limit: int = 2, runner: Optional[ModelThread] = None,
-               card: Optional[ModelCard] = None, cache_bytes: Optional[int] = None) -> gr.Blocks:
+               card: Optional[ModelCard] = None, cache_bytes: Optional[int] = None, parallel: int = 0) -> gr.Blocks:
     """Build the demo around a ready predictor (lite checkpoint in app.py, a tiny model in tests).
 
     notice: shown in a banner at the top (app.py passes "no trained checkpoint found ..." when it
     fell back to the untrained lite preset). card: the model card (app/model_card.py; app.py passes
     the loaded checkpoint's) — without one, an untrained preset's card is shown. cache_bytes caps the
-    decoded-image and encoded-image caches (SegmentService). Call `.launch()` on the result; the queue
-    is set here.
+    decoded-image and encoded-image caches (SegmentService). parallel: expression workers of the
+    fast path (SegmentService). Call `.launch()` on the result; the queue is set here.
     """
-    service = SegmentService(predictor, max_images=max_images, runner=runner, max_bytes=cache_bytes)
+    service = SegmentService(predictor, max_images=max_images, runner=runner, max_bytes=cache_bytes,
+                             parallel=parallel)
     card = card or model_card(None, preset=predictor.cfg.preset, trained=False)
     cb = DemoCallbacks(service, max_tokens=predictor.cfg.text.max_tokens, card=card)
     inf = predictor.cfg.inference

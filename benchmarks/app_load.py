@@ -30,6 +30,7 @@ import threading
 import time
 import urllib.parse
 import urllib.request
+import uuid
 from pathlib import Path
 from typing import Dict, List, Optional
 
@@ -113,11 +114,109 @@ def percentile(values: List[float], q: float) -> Optional[float]:
     return s[lo] + (s[hi] - s[lo]) * (k - lo)
 
 
+def _load_inputs(clients: int, requests: int, unique_texts: bool):
+    images = sorted(p for p in EXAMPLES.iterdir() if p.suffix in (".png", ".jpg"))[:4] or [EXAMPLES / "scene.png"]
+
+    def job(cid: int, i: int):
+        text = TEXTS[(cid * requests + i) % len(TEXTS)]
+        if unique_texts:  # defeat the per-(image, text) output cache: every request is new model work
+            text += f" number {cid * requests + i}"
+        return images[(cid + i) % len(images)], text
+    return job
+
+
+def _summary(clients: int, requests: int, unique_texts: bool, client_kind: str, walls: List[float],
+             model_ms: List[float], errors: List[str], elapsed: float) -> dict:
+    return {
+        "client": client_kind, "clients": clients, "requests_per_client": requests, "unique_texts": unique_texts,
+        "completed": len(walls), "errors": len(errors),
+        "error_samples": errors[:5], "elapsed_s": round(elapsed, 1),
+        "throughput_rps": round(len(walls) / elapsed, 2) if elapsed > 0 else None,
+        "wall_ms": {"p50": percentile(walls, 0.5), "p95": percentile(walls, 0.95), "max": max(walls, default=None)},
+        "model_ms": {"p50": percentile(model_ms, 0.5), "p95": percentile(model_ms, 0.95),
+                     "mean": statistics.fmean(model_ms) if model_ms else None},
+    }
+
+
+def run_load_http(url: str, clients: int, requests: int, deadline_s: float, timeout_s: float,
+                  unique_texts: bool = True) -> dict:
+    """The load as a browser makes it, over Gradio's HTTP API, all clients on one asyncio loop (httpx).
+
+    Each request: upload the image (POST gradio_api/upload), start /segment (POST gradio_api/call/segment),
+    read its server-sent events until `complete` or `error`, then download the mask PNG. Each client keeps
+    one session hash for its requests, as a browser tab does (gradio_client does too). One event loop
+    costs the machine far less CPU than N gradio_client threads, which matters when the load generator
+    shares the server's cores.
+    """
+    import asyncio
+
+    import httpx
+
+    job = _load_inputs(clients, requests, unique_texts)
+    walls: List[float] = []
+    model_ms: List[float] = []
+    errors: List[str] = []
+    end = time.time() + deadline_s
+    payloads = {}
+
+    async def segment(c: "httpx.AsyncClient", image: Path, text: str, session: str) -> dict:
+        if image not in payloads:
+            payloads[image] = image.read_bytes()
+        r = await c.post(url + "gradio_api/upload", files={"files": (image.name, payloads[image])})
+        r.raise_for_status()
+        data = [{"path": r.json()[0], "meta": {"_type": "gradio.FileData"}}, text, 0.5]
+        r = await c.post(url + "gradio_api/call/segment", json={"data": data, "session_hash": session})
+        r.raise_for_status()
+        event = None
+        async with c.stream("GET", url + f"gradio_api/call/segment/{r.json()['event_id']}") as s:
+            async for line in s.aiter_lines():
+                if line.startswith("event:"):
+                    event = line[6:].strip()
+                elif line.startswith("data:") and event in ("complete", "error"):
+                    out = json.loads(line[5:])
+                    if event == "error":
+                        raise RuntimeError(f"server error: {out}")
+                    mask, info = out
+                    (await c.get(mask["url"])).raise_for_status()  # what a client does with the answer
+                    return info
+        raise RuntimeError(f"the event stream ended without a result (last event {event!r})")
+
+    async def client_loop(c: "httpx.AsyncClient", cid: int, start: "asyncio.Event") -> None:
+        await start.wait()
+        session = f"load-{cid}-{uuid.uuid4().hex[:10]}"  # one per client, as a browser tab keeps one
+        for i in range(requests):
+            if time.time() > end:
+                errors.append(f"client {cid}: deadline reached before request {i}")
+                break
+            image, text = job(cid, i)
+            t0 = time.perf_counter()
+            try:
+                info = await asyncio.wait_for(segment(c, image, text, session), max(1.0, min(timeout_s, end - time.time())))
+                walls.append((time.perf_counter() - t0) * 1000)
+                model_ms.append(float(info["latency_ms"]))
+            except Exception as exc:
+                errors.append(f"client {cid} request {i}: {type(exc).__name__}: {exc}"[:300])
+
+    async def main() -> float:
+        limits = httpx.Limits(max_connections=2 * clients + 4)
+        async with httpx.AsyncClient(timeout=timeout_s, limits=limits) as c:
+            start = asyncio.Event()
+            tasks = [asyncio.create_task(client_loop(c, cid, start)) for cid in range(clients)]
+            t0 = time.time()
+            start.set()
+            await asyncio.gather(*tasks)
+            return time.time() - t0
+
+    elapsed = asyncio.run(main())
+    return _summary(clients, requests, unique_texts, "http", walls, model_ms, errors, elapsed)
+
+
 def run_load(url: str, clients: int, requests: int, deadline_s: float, timeout_s: float,
              unique_texts: bool = True) -> dict:
+    """The load from N gradio_client.Client objects, one thread each (heavier on the client side)."""
     from gradio_client import Client, handle_file
 
-    images = sorted(p for p in EXAMPLES.iterdir() if p.suffix in (".png", ".jpg"))[:4] or [EXAMPLES / "scene.png"]
+    job = _load_inputs(clients, requests, unique_texts)
     lock = threading.Lock()
     walls: List[float] = []
     model_ms: List[float] = []
@@ -142,14 +241,11 @@ def run_load(url: str, clients: int, requests: int, deadline_s: float, timeout_s
                 with lock:
                     errors.append(f"client {cid}: deadline reached before request {i}")
                 break
-            image = images[(cid + i) % len(images)]
-            text = TEXTS[(cid * requests + i) % len(TEXTS)]
-            if unique_texts:  # defeat the per-(image, text) output cache: every request is new model work
-                text += f" number {cid * requests + i}"
+            image, text = job(cid, i)
             t0 = time.perf_counter()
             try:
-                job = client.submit(handle_file(str(image)), text, 0.5, api_name="/segment")
-                _mask, info = job.result(timeout=max(1.0, min(timeout_s, end - time.time())))
+                job_ = client.submit(handle_file(str(image)), text, 0.5, api_name="/segment")
+                _mask, info = job_.result(timeout=max(1.0, min(timeout_s, end - time.time())))
                 with lock:
                     walls.append((time.perf_counter() - t0) * 1000)
                     model_ms.append(float(info["latency_ms"]))
@@ -168,14 +264,7 @@ def run_load(url: str, clients: int, requests: int, deadline_s: float, timeout_s
     for th in threads:
         th.join(timeout=max(0.0, end - time.time()) + timeout_s + 30)
     elapsed = time.time() - t0
-    return {
-        "clients": clients, "requests_per_client": requests, "unique_texts": unique_texts, "completed": len(walls), "errors": len(errors),
-        "error_samples": errors[:5], "elapsed_s": round(elapsed, 1),
-        "throughput_rps": round(len(walls) / elapsed, 2) if elapsed > 0 else None,
-        "wall_ms": {"p50": percentile(walls, 0.5), "p95": percentile(walls, 0.95), "max": max(walls, default=None)},
-        "model_ms": {"p50": percentile(model_ms, 0.5), "p95": percentile(model_ms, 0.95),
-                     "mean": statistics.fmean(model_ms) if model_ms else None},
-    }
+    return _summary(clients, requests, unique_texts, "gradio_client", walls, model_ms, errors, elapsed)
 
 
 def make_big_photos(folder: Path, n: int, megapixels: float) -> List[Path]:
@@ -230,6 +319,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     ap.add_argument("--startup-timeout", type=float, default=300.0)
     ap.add_argument("--repeat-texts", action="store_true",
                     help="reuse a few texts (cache hits) instead of a new text per request")
+    ap.add_argument("--client", choices=("http", "gradio_client"), default="http",
+                    help="http: all clients on one asyncio loop over Gradio's HTTP API (light); gradio_client: "
+                         "one gradio_client.Client thread per client (heavier on these shared cores)")
     ap.add_argument("--big-uploads", type=int, default=0, help="then this many uploads of distinct large photos")
     ap.add_argument("--big-mp", type=float, default=30.0, help="megapixels of each large photo")
     ap.add_argument("--json", help="also write the summary here")
@@ -257,8 +349,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         startup = time.time() - t0
         idle = peak_memory_mb(pid) if pid else {}
         cpu0, own0 = cpu_seconds(pid), os.times()
-        summary = run_load(url, args.clients, args.requests, args.deadline, args.timeout,
-                           unique_texts=not args.repeat_texts)
+        runner = run_load_http if args.client == "http" else run_load
+        summary = runner(url, args.clients, args.requests, args.deadline, args.timeout,
+                         unique_texts=not args.repeat_texts)
         cpu1, own1 = cpu_seconds(pid), os.times()
         if cpu0 is not None and cpu1 is not None and summary["completed"]:
             # CPU seconds the server spent per answered request (all its threads) and what the load

@@ -17,6 +17,7 @@ gates are zero-initialised and receive exactly zero gradient, so every model tra
 """
 from __future__ import annotations
 
+import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -30,6 +31,10 @@ from .image_io import DEFAULT_MAX_PIXELS, InputError, to_rgb_uint8
 from .introspect import DecoderRecorder, Introspection, build_introspection, head_query_counts
 from .postprocess import decide_no_target, nt_probabilities, postprocess
 from .tokenizer import TextTokenizer
+
+
+class FastPathRefused(RuntimeError):
+    """`run_model(..., fast_only=True)` could not use the fast path (the caller runs it eagerly instead)."""
 
 
 @dataclass
@@ -94,6 +99,9 @@ class MABPPredictor:
         # output is reused across images (a clip's frames encode the expression once).
         self._lang: "OrderedDict[str, tuple]" = OrderedDict()
         self.set_image_ms = 0.0
+        # Guards the per-text caches and the (Rust) tokenizer, which refuses concurrent use: two threads
+        # may answer expressions on one image at once through the fast path (app/service.py).
+        self._cache_lock = threading.RLock()
 
     # ---------------------------------------------------------------------------------------- image
     @property
@@ -124,13 +132,25 @@ class MABPPredictor:
             visual = self.fast_path.encode_visual(tensor)  # the fast path exists only for cacheable models
         elif self.model.visual_cacheable():
             visual = self.model.encode_visual(tensor)
-        self._image, self._tensor, self._visual = rgb, tensor, visual
-        self._outputs.clear()
+        with self._cache_lock:
+            self._image, self._tensor, self._visual = rgb, tensor, visual
+            self._outputs.clear()
         self.set_image_ms = (time.perf_counter() - t0) * 1000
 
     def reset_image(self) -> None:
-        self._image = self._tensor = self._visual = None
-        self._outputs.clear()
+        with self._cache_lock:
+            self._image = self._tensor = self._visual = None
+            self._outputs.clear()
+
+    def has_outputs(self, text: str) -> bool:
+        """Whether the model outputs for `text` (as given) on the current image are cached."""
+        with self._cache_lock:
+            return text in self._outputs
+
+    def cached_outputs(self) -> List[dict]:
+        """A snapshot of the cached per-text entries (for memory accounting; safe while others predict)."""
+        with self._cache_lock:
+            return list(self._outputs.values())
 
     # ----------------------------------------------------------------------------------------- text
     EMPTY_TEXT = "The expression is empty: type what to segment, e.g. 'the red circle'."
@@ -150,30 +170,38 @@ class MABPPredictor:
         return text
 
     @torch.inference_mode()
-    def run_model(self, text: str, record: bool = False) -> dict:
+    def run_model(self, text: str, record: bool = False, fast_only: bool = False) -> dict:
         """Raw outputs for `text` on the current image (cached per text for threshold changes).
 
         record=True runs the decoder under forward hooks (DecoderRecorder) and keeps the records; a
         cached entry without records is recomputed once with them. Without it no hook exists.
+        fast_only=True (for callers running beside other threads that use the torch model): raise
+        FastPathRefused instead of running eager PyTorch when the fast path cannot answer.
+        Thread-safe for fast-path answers; eager runs must be serialised by the caller.
         """
-        if self._tensor is None:
-            raise InputError("No image is set: call set_image(image) first.")
-        if text in self._outputs and (not record or "records" in self._outputs[text]):
-            self._outputs.move_to_end(text)
-            return self._outputs[text]
+        with self._cache_lock:
+            if self._tensor is None:
+                raise InputError("No image is set: call set_image(image) first.")
+            hit = self._outputs.get(text)
+            if hit is not None and (not record or "records" in hit):
+                self._outputs.move_to_end(text)
+                return hit
+            visual, tensor = self._visual, self._tensor
+            tok = self.tokenizer([text]) if not record and self.fast_path is not None and visual is not None else None
         t0 = time.perf_counter()
-        records, fast = None, False
-        if not record and self.fast_path is not None and self._visual is not None:
+        records = None
+        fast = tok is not None and self.fast_path.accepts(visual, tok.input_ids, tok.attention_mask)
+        if fast:
             # the whole expression pass in ONNX Runtime, the text encoder included (mabp/fast_path.py:
             # PyTorch work between ORT runs shares the cores with ORT's waiting threads)
-            tok = self.tokenizer([text])
-            fast = self.fast_path.accepts(self._visual, tok.input_ids, tok.attention_mask)
-        if fast:
-            out = self.fast_path(self._visual, tok.input_ids, tok.attention_mask)
+            out = self.fast_path(visual, tok.input_ids, tok.attention_mask)
+        elif fast_only:
+            raise FastPathRefused("the fast path cannot answer this expression (introspection, no fast path, "
+                                  "or inputs of another shape)")
         else:
-            tok, lang, mask = self.encode_text(text)
-            feats = self.model.fuse(lang, mask, images=None if self._visual is not None else self._tensor,
-                                    visual=self._visual)
+            with self._cache_lock:
+                tok, lang, mask = self.encode_text(text)
+            feats = self.model.fuse(lang, mask, images=None if visual is not None else tensor, visual=visual)
             if record:
                 with DecoderRecorder(self.model) as rec:
                     out = self.model.forward_features(feats, lang, mask)
@@ -184,9 +212,11 @@ class MABPPredictor:
                  "path": "onnxruntime" if fast else "pytorch"}
         if records is not None:
             entry["records"] = records
-        self._outputs[text] = entry
-        while len(self._outputs) > self._cache_texts:
-            self._outputs.popitem(last=False)
+        with self._cache_lock:
+            if self._tensor is tensor:  # the image did not change meanwhile
+                self._outputs[text] = entry
+                while len(self._outputs) > self._cache_texts:
+                    self._outputs.popitem(last=False)
         return entry
 
     @torch.inference_mode()
@@ -206,7 +236,7 @@ class MABPPredictor:
         return tok, lang, mask
 
     def predict(self, text: str, threshold: Optional[float] = None, nt_rule: Optional[str] = None,
-                min_pixels: Optional[int] = None, introspect: bool = False) -> GRESResult:
+                min_pixels: Optional[int] = None, introspect: bool = False, fast_only: bool = False) -> GRESResult:
         """Segment what `text` refers to in the current image.
 
         threshold / nt_rule / min_pixels default to the model config's inference settings. Changing
@@ -214,19 +244,24 @@ class MABPPredictor:
         introspect=True also returns `result.extras["introspection"]` (mabp.introspect.Introspection):
         region grids, per-layer cross-attention over image and words, query-generator word weights and
         the final per-region prototypes, collected by forward hooks that are removed after the call.
+        fast_only=True raises FastPathRefused where the fast path cannot answer (see `run_model`).
         """
-        text = self.check_text(text, self.tokenizer)
+        with self._cache_lock:  # the tokenizer is not safe for concurrent use
+            text = self.check_text(text, self.tokenizer)
         inf = self.cfg.inference
         threshold = inf.threshold if threshold is None else float(threshold)
         nt_rule = inf.nt_rule if nt_rule is None else nt_rule
         min_pixels = inf.min_pixels if min_pixels is None else int(min_pixels)
         if not 0.0 < threshold < 1.0:
             raise InputError(f"The mask threshold must be between 0 and 1, got {threshold}.")
-        cached = text in self._outputs and (not introspect or "records" in self._outputs[text])
-        entry = self.run_model(text, record=introspect)
+        with self._cache_lock:
+            hit = self._outputs.get(text)
+            cached = hit is not None and (not introspect or "records" in hit)
+            image = self._image
+        entry = self.run_model(text, record=introspect, fast_only=fast_only)
         t0 = time.perf_counter()
         out, tok = entry["outputs"], entry["tok"]
-        h, w = self._image.shape[:2]
+        h, w = image.shape[:2]
         post = postprocess(out["pred_masks"], out["nt_logits"], (h, w), threshold, nt_rule, min_pixels,
                            model_size=(self.image_size, self.image_size))
         has_nt = any(n is not None for n in out["nt_logits"])

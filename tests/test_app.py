@@ -643,3 +643,44 @@ def test_caches_are_capped_by_bytes():
         service.predict(*service.load(rgb), "the red circle")
         assert service.pool_bytes() <= service.max_bytes or len(service._pool) == 1
     assert len(service._pool) < 4
+
+
+def test_parallel_service_answers_concurrent_expressions_like_the_serial_one():
+    """parallel=2 (app.py's default on 2 cores): expressions run on expression workers outside the model
+    lock; their answers equal the eager serial service's, an image in use is never evicted (max_images=1
+    with three images in flight), and introspection still runs eagerly on the model thread."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from mabp.fast_path import build_fast_path
+    from mabp.predictor import MABPPredictor
+
+    model = tiny_predictor().model
+    path, note = build_fast_path(model, threads=2, concurrent=True)
+    assert path is not None, note
+    runner = ModelThread(1)
+    try:
+        service = SegmentService(MABPPredictor(model, fast_path=path), max_images=1, runner=runner, parallel=2)
+        assert service.parallel == 2
+        serial = SegmentService(MABPPredictor(model), max_images=4)
+        images = []
+        for i in range(3):
+            rgb = np.full((60, 80, 3), 40 * (i + 1), np.uint8)
+            rgb[10:30, 10 + 10 * i:40 + 10 * i] = (220, 30, 30)
+            images.append(rgb)
+        jobs = [(i % 3, f"{t} {i}") for i, t in enumerate(["the red circle", "all squares", "the cat"] * 4)]
+        with ThreadPoolExecutor(4) as pool:
+            got = list(pool.map(lambda j: service.predict(images[j[0]], f"img{j[0]}", j[1]), jobs))
+        for (i, text), r in zip(jobs, got):
+            e = serial.predict(images[i], f"img{i}", text)
+            assert r.extras["engine"] == "onnxruntime" and r.no_target == e.no_target
+            assert abs(r.nt_prob - e.nt_prob) < 1e-4 and (r.mask == e.mask).mean() > 0.999
+            assert r.mask.shape == images[i].shape[:2]
+        assert not service._in_use and len(service._pool) == 1  # back under the cap once all were answered
+        assert path._requests == 0
+        r = service.predict(images[0], "img0", "the red circle", introspect=True)
+        assert r.extras["engine"] == "pytorch" and "introspection" in r.extras
+        # without the one-thread session there is nothing to run in parallel
+        single, _ = build_fast_path(model, threads=2)
+        assert SegmentService(MABPPredictor(model, fast_path=single), parallel=2).parallel == 1
+    finally:
+        runner.shutdown()

@@ -140,3 +140,68 @@ def test_video_frames_take_the_fast_path_and_agree(tiny):
         for re_, rf in zip(fe.results, ff.results):
             assert rf.extras["engine"] == "onnxruntime" and re_.extras["engine"] == "pytorch"
             assert re_.no_target == rf.no_target and (re_.mask == rf.mask).mean() > 0.999
+
+
+# ------------------------------------------------------------------------ concurrent expressions
+@pytest.fixture(scope="module")
+def tiny_concurrent():
+    model = build_mabp("tiny").eval()
+    path, note = build_fast_path(model, threads=2, concurrent=True)
+    assert path is not None and path.single_thread_session is not None, note
+    assert "1-thread session" in note
+    return model, path
+
+
+def test_runs_alone_take_the_multi_thread_session_and_declared_load_the_one_thread(tiny_concurrent):
+    model, path = tiny_concurrent
+    eager, fast = MABPPredictor(model), MABPPredictor(model, fast_path=path)
+    img = _image(3)
+    eager.set_image(img)
+    fast.set_image(img)
+    path.runs = {"multi_thread": 0, "single_thread": 0}
+    _assert_same(eager.run_model(TEXTS[0])["outputs"], fast.run_model(TEXTS[0])["outputs"])
+    assert path.runs == {"multi_thread": 1, "single_thread": 0}
+    with path.requests():  # one request declared: still alone
+        _assert_same(eager.run_model(TEXTS[1])["outputs"], fast.run_model(TEXTS[1])["outputs"])
+    assert path.runs == {"multi_thread": 2, "single_thread": 0}
+    with path.requests(), path.requests():  # two in flight: the one-thread session
+        _assert_same(eager.run_model(TEXTS[2])["outputs"], fast.run_model(TEXTS[2])["outputs"])
+    assert path.runs == {"multi_thread": 2, "single_thread": 1}
+    assert path._requests == 0 and not path._multi_busy
+
+
+def test_many_threads_on_one_predictor_agree_with_eager(tiny_concurrent):
+    from concurrent.futures import ThreadPoolExecutor
+
+    model, path = tiny_concurrent
+    img = _image(4)
+    texts = TEXTS + [f"{t} number {i}" for i, t in enumerate(TEXTS)]
+    eager = MABPPredictor(model)
+    eager.set_image(img)
+    expected = {t: eager.predict(t) for t in texts}
+    fast = MABPPredictor(model, fast_path=path, cache_texts=3)  # a small cache: evictions under contention
+    fast.set_image(img)
+    path.runs = {"multi_thread": 0, "single_thread": 0}
+    with path.requests(), path.requests(), ThreadPoolExecutor(4) as pool:
+        got = list(pool.map(lambda t: fast.predict(t, fast_only=True), texts * 2))
+    for r in got:
+        e = expected[r.text]
+        assert r.extras["engine"] == "onnxruntime" and r.no_target == e.no_target
+        assert abs(r.nt_prob - e.nt_prob) < 1e-4 and (r.mask == e.mask).mean() > 0.999
+    assert path.runs["multi_thread"] == 0 and 1 <= path.runs["single_thread"] <= 2 * len(texts)
+    assert len(fast.cached_outputs()) <= 3
+
+
+def test_fast_only_refuses_what_only_eager_can_do(tiny_concurrent):
+    from mabp.predictor import FastPathRefused
+
+    model, path = tiny_concurrent
+    plain = MABPPredictor(model)  # no fast path at all
+    plain.set_image(_image(5))
+    with pytest.raises(FastPathRefused):
+        plain.predict("the red circle", fast_only=True)
+    fast = MABPPredictor(model, fast_path=path)
+    fast.set_image(_image(5))
+    with pytest.raises(FastPathRefused):  # introspection needs forward hooks on the torch model
+        fast.run_model("the red circle", record=True, fast_only=True)
+    assert fast.predict("the red circle", fast_only=True).extras["engine"] == "onnxruntime"
