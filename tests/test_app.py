@@ -366,6 +366,12 @@ def test_app_py_builds_the_model_at_import_from_the_environment(tmp_path, monkey
     assert mod.ARGS.fast_path == "on" and mod.LOADED.predictor.fast_path is not None
     assert "fast path on" in mod.LOADED.fast_path_note
     assert mod.parse_args(["--fast-path", "off"]).fast_path == "off"
+    # concurrent expressions: one per torch thread by default, the one-thread session loaded when > 1
+    assert mod.PARALLEL == mod.THREADS and mod.ARGS.parallel is None
+    assert (mod.LOADED.predictor.fast_path.single_thread_session is not None) == (mod.PARALLEL > 1)
+    assert mod.parse_args(["--parallel", "1"]).parallel == 1
+    monkeypatch.setenv("MABP_PARALLEL", "3")
+    assert mod.parse_args([]).parallel == 3
     monkeypatch.setenv("MABP_FAST_PATH", "0")
     assert mod.parse_args([]).fast_path == "off"
     monkeypatch.setenv("MABP_FAST_PATH", "maybe")
