@@ -246,16 +246,13 @@ class SegmentService:
         self.notes: "OrderedDict[str, list]" = OrderedDict()  # digest -> what was converted on input
         self._decoded: "OrderedDict[str, Tuple[np.ndarray, str]]" = OrderedDict()  # file path -> (rgb, digest)
         self._in_use: dict = {}  # id(predictor) -> expressions running on it outside the lock
-        self._workers: Optional[ThreadPoolExecutor] = None
         fast = predictor.fast_path
-        if int(parallel) > 1 and fast is not None and getattr(fast, "single_thread_session", None) is not None:
-            self._workers = ThreadPoolExecutor(max_workers=int(parallel), thread_name_prefix="mabp-expr",
+        usable = int(parallel) > 1 and fast is not None and getattr(fast, "single_thread_session", None) is not None
+        self.parallel = int(parallel) if usable else 1  # expressions that can run at once (1: all on the model thread)
+        self._workers: Optional[ThreadPoolExecutor] = None
+        if usable:
+            self._workers = ThreadPoolExecutor(max_workers=self.parallel, thread_name_prefix="mabp-expr",
                                                initializer=_one_torch_thread)
-
-    @property
-    def parallel(self) -> int:
-        """How many expressions can run at once (1: all on the model thread)."""
-        return self._workers._max_workers if self._workers is not None else 1
 
     # ------------------------------------------------------------------------------------- images
     def load(self, source) -> Tuple[np.ndarray, str]:

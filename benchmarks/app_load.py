@@ -1,7 +1,8 @@
-"""Load test of the running demo: N concurrent gradio_client clients calling /segment on 127.0.0.1.
+"""Load test of the running demo: N concurrent clients calling /segment on 127.0.0.1.
 
     python benchmarks/app_load.py                      # launches `python app.py` on a free port, 20 x 5
     python benchmarks/app_load.py --app-args --preset tiny           # quick smoke run
+    python benchmarks/app_load.py --client gradio_client             # one gradio_client thread per client
     python benchmarks/app_load.py --url http://127.0.0.1:7860/ --pid 1234   # attach to a running app
     python benchmarks/app_load.py --big-uploads 30 --big-mp 30     # then 30 uploads of distinct ~30 MP photos
 
@@ -114,15 +115,16 @@ def percentile(values: List[float], q: float) -> Optional[float]:
     return s[lo] + (s[hi] - s[lo]) * (k - lo)
 
 
-def _load_inputs(clients: int, requests: int, unique_texts: bool):
+def _load_inputs(requests: int, unique_texts: bool):
+    """input_for(client, i) -> (image path, text) of that client's i-th request, the same for every client kind."""
     images = sorted(p for p in EXAMPLES.iterdir() if p.suffix in (".png", ".jpg"))[:4] or [EXAMPLES / "scene.png"]
 
-    def job(cid: int, i: int):
+    def input_for(cid: int, i: int):
         text = TEXTS[(cid * requests + i) % len(TEXTS)]
         if unique_texts:  # defeat the per-(image, text) output cache: every request is new model work
             text += f" number {cid * requests + i}"
         return images[(cid + i) % len(images)], text
-    return job
+    return input_for
 
 
 def _summary(clients: int, requests: int, unique_texts: bool, client_kind: str, walls: List[float],
@@ -152,7 +154,7 @@ def run_load_http(url: str, clients: int, requests: int, deadline_s: float, time
 
     import httpx
 
-    job = _load_inputs(clients, requests, unique_texts)
+    input_for = _load_inputs(requests, unique_texts)
     walls: List[float] = []
     model_ms: List[float] = []
     errors: List[str] = []
@@ -188,10 +190,11 @@ def run_load_http(url: str, clients: int, requests: int, deadline_s: float, time
             if time.time() > end:
                 errors.append(f"client {cid}: deadline reached before request {i}")
                 break
-            image, text = job(cid, i)
+            image, text = input_for(cid, i)
             t0 = time.perf_counter()
             try:
-                info = await asyncio.wait_for(segment(c, image, text, session), max(1.0, min(timeout_s, end - time.time())))
+                limit = max(1.0, min(timeout_s, end - time.time()))
+                info = await asyncio.wait_for(segment(c, image, text, session), limit)
                 walls.append((time.perf_counter() - t0) * 1000)
                 model_ms.append(float(info["latency_ms"]))
             except Exception as exc:
@@ -216,7 +219,7 @@ def run_load(url: str, clients: int, requests: int, deadline_s: float, timeout_s
     """The load from N gradio_client.Client objects, one thread each (heavier on the client side)."""
     from gradio_client import Client, handle_file
 
-    job = _load_inputs(clients, requests, unique_texts)
+    input_for = _load_inputs(requests, unique_texts)
     lock = threading.Lock()
     walls: List[float] = []
     model_ms: List[float] = []
@@ -241,11 +244,11 @@ def run_load(url: str, clients: int, requests: int, deadline_s: float, timeout_s
                 with lock:
                     errors.append(f"client {cid}: deadline reached before request {i}")
                 break
-            image, text = job(cid, i)
+            image, text = input_for(cid, i)
             t0 = time.perf_counter()
             try:
-                job_ = client.submit(handle_file(str(image)), text, 0.5, api_name="/segment")
-                _mask, info = job_.result(timeout=max(1.0, min(timeout_s, end - time.time())))
+                job = client.submit(handle_file(str(image)), text, 0.5, api_name="/segment")
+                _mask, info = job.result(timeout=max(1.0, min(timeout_s, end - time.time())))
                 with lock:
                     walls.append((time.perf_counter() - t0) * 1000)
                     model_ms.append(float(info["latency_ms"]))

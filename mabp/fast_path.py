@@ -132,7 +132,8 @@ class OnnxFastPath:
             threads: onnxruntime intra-op threads (default: torch.get_num_threads()).
             tolerance: the largest allowed difference of any mask or no-target probability on the probe.
             concurrent: also load a one-thread expression session for runs that overlap another (see
-                the class docstring; +~120 MB for the lite model's prepacked weights). Both are probed.
+                the class docstring; its prepacked weights add ~175 MB of RSS for the lite model, measured
+                by benchmarks/app_load.py). Both sessions are probed.
         Raises:
             FastPathUnavailable: onnxruntime is not installed, the model is not a language-free-visual CPU
                 model, an export failed, or the probe disagreed (the message gives the difference).
@@ -235,7 +236,8 @@ class OnnxFastPath:
         if session is None:
             with self._flight:
                 took_multi = self.single_thread_session is None or not (self._multi_busy or self._requests > 1)
-                self._multi_busy = self._multi_busy or took_multi
+                if took_multi:
+                    self._multi_busy = True
                 session = self.expression_session if took_multi else self.single_thread_session
                 self.runs["multi_thread" if took_multi else "single_thread"] += 1
         try:
