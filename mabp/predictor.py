@@ -21,7 +21,7 @@ import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Union
+from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
 
 import cv2
 import numpy as np
@@ -179,14 +179,23 @@ class MABPPredictor:
         FastPathRefused instead of running eager PyTorch when the fast path cannot answer.
         Thread-safe for fast-path answers; eager runs must be serialised by the caller.
         """
+        return self._answer(text, record, fast_only)[0]
+
+    @torch.inference_mode()
+    def _answer(self, text: str, record: bool, fast_only: bool) -> Tuple[dict, np.ndarray, bool]:
+        """(cache entry, the RGB image it was computed on, whether it came from the cache).
+
+        The image, its features and the cache lookup are read in one locked step, so a `set_image` by
+        another thread meanwhile cannot pair one image's outputs with another image's size.
+        """
         with self._cache_lock:
             if self._tensor is None:
                 raise InputError("No image is set: call set_image(image) first.")
+            image, visual, tensor = self._image, self._visual, self._tensor
             hit = self._outputs.get(text)
             if hit is not None and (not record or "records" in hit):
                 self._outputs.move_to_end(text)
-                return hit
-            visual, tensor = self._visual, self._tensor
+                return hit, image, True
             tok = self.tokenizer([text]) if not record and self.fast_path is not None and visual is not None else None
         t0 = time.perf_counter()
         records = None
@@ -217,7 +226,7 @@ class MABPPredictor:
                 self._outputs[text] = entry
                 while len(self._outputs) > self._cache_texts:
                     self._outputs.popitem(last=False)
-        return entry
+        return entry, image, False
 
     @torch.inference_mode()
     def encode_text(self, text: str) -> tuple:
@@ -254,11 +263,7 @@ class MABPPredictor:
         min_pixels = inf.min_pixels if min_pixels is None else int(min_pixels)
         if not 0.0 < threshold < 1.0:
             raise InputError(f"The mask threshold must be between 0 and 1, got {threshold}.")
-        with self._cache_lock:
-            hit = self._outputs.get(text)
-            cached = hit is not None and (not introspect or "records" in hit)
-            image = self._image
-        entry = self.run_model(text, record=introspect, fast_only=fast_only)
+        entry, image, cached = self._answer(text, introspect, fast_only)
         t0 = time.perf_counter()
         out, tok = entry["outputs"], entry["tok"]
         h, w = image.shape[:2]

@@ -1,4 +1,6 @@
 """The predictor on awkward images and texts, and its caches."""
+from collections import OrderedDict
+
 import numpy as np
 import pytest
 import torch
@@ -112,6 +114,53 @@ def test_threshold_change_reuses_cached_outputs(predictor):
     assert again.raw_mask.sum() >= first.raw_mask.sum()  # a lower threshold never removes pixels
     with pytest.raises(InputError, match="threshold"):
         predictor.predict("all stars", threshold=1.5)
+
+
+def test_set_image_during_predict_does_not_mix_images():
+    """Another thread's set_image while a prediction runs: the answer keeps the image it was computed
+    on (mask at that image's size) and is not cached under the new image."""
+    p = MABPPredictor(build_mabp("tiny"))
+    first = np.random.RandomState(0).randint(0, 255, (40, 60, 3)).astype(np.uint8)
+    second = np.random.RandomState(1).randint(0, 255, (90, 30, 3)).astype(np.uint8)
+    p.set_image(first)
+    forward = p.model.forward_features
+
+    def swap_then_forward(*args, **kwargs):
+        p.set_image(second)  # what a concurrent set_image would do mid-run
+        return forward(*args, **kwargs)
+
+    p.model.forward_features = swap_then_forward
+    try:
+        result = p.predict("the red circle")
+    finally:
+        p.model.forward_features = forward
+    _check(result, first.shape[:2])
+    assert not p.has_outputs("the red circle")  # computed on `first`, so not an answer for `second`
+    on_second = p.predict("the red circle")
+    _check(on_second, second.shape[:2])
+    assert p.has_outputs("the red circle")
+    reference = MABPPredictor(p.model)
+    reference.set_image(first)
+    np.testing.assert_array_equal(result.raw_mask, reference.predict("the red circle").raw_mask)
+
+    class SwapOnSecondLookup(dict):
+        """A cache that swaps the image at its second lookup within one call: an image read and a
+        features read done in two locked steps would pair `first`'s size with `second`'s outputs."""
+        calls = 0
+
+        def get(self, *args):
+            SwapOnSecondLookup.calls += 1
+            if SwapOnSecondLookup.calls == 2:
+                p._outputs = OrderedDict()  # set_image clears the cache; keep this one in place
+                p._image, p._tensor, p._visual = second, p.preprocess(second), None
+                if p.model.visual_cacheable():
+                    p._visual = p.model.encode_visual(p._tensor)
+            return super().get(*args)
+
+    p.set_image(first)
+    p._outputs = SwapOnSecondLookup()
+    again = p.predict("the red circle")
+    np.testing.assert_array_equal(again.raw_mask, result.raw_mask)
 
 
 def test_cached_visual_pass_equals_full_forward():
