@@ -49,6 +49,10 @@ def test_claim_verdicts_by_hand():
     res["table5_rsh"] = runs(50.0, 51.0, 49.0)
     assert {x["claim"]: x for x in ablate.claim_verdicts(res)}["RSH over the naive head"]["verdict"] == "reversed"
     assert "MABP over ReLA (gIoU)" not in v  # ReLA not run: no verdict
+    table = ablate.format_tables(res, ablate.build_parser().parse_args([]))
+    one_seed = next(line for line in table.splitlines() if line.startswith("| query generator"))
+    assert "±nan" not in table and "| -15.33 | – |" in one_seed  # no noise figure for a one-seed row
+    assert "| -10.00 | ±1.63 |" in table  # RSH − Naive: 2 × sqrt(1/3 + 1/3)
 
 
 def _fake_result(name, seed, args, giou=None):

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import statistics
 import sys
@@ -226,7 +227,8 @@ def format_tables(results: Dict[str, List[Dict[str, Any]]], args: argparse.Names
                   "|---|---|---|---|---|---|"]
         for v in verdicts:
             paper = "–" if v["paper"] is None else f"+{v['paper']:.2f}"
-            lines.append(f"| {v['claim']} | {v['metric']} | {v['diff']:+.2f} | ±{v['noise']:.2f} | {paper} | "
+            noise = "–" if math.isnan(v["noise"]) else f"±{v['noise']:.2f}"
+            lines.append(f"| {v['claim']} | {v['metric']} | {v['diff']:+.2f} | {noise} | {paper} | "
                          f"**{v['verdict']}** |")
         lines.append("")
         lines.append("Verdict: 'holds' when the difference is positive and larger than twice its standard error "
@@ -311,7 +313,8 @@ def _write_atomic(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """The command line of `python -m train.ablate`."""
     ap = argparse.ArgumentParser(prog="python -m train.ablate", description=__doc__.split("\n\n")[0])
     ap.add_argument("--dataset", default="synthgres")
     ap.add_argument("--split", default="val")
@@ -331,7 +334,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                     help="extra training-config overrides applied to every run")
     ap.add_argument("--report-only", action="store_true",
                     help="write and print the report of the runs finished so far; train nothing")
-    args = ap.parse_args(argv)
+    return ap
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
     if argv is None:  # the command line (not a call from Python): run on tcmalloc (train/allocator.py)
         from train.allocator import reexec_with_tcmalloc
 
