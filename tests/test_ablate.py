@@ -153,3 +153,62 @@ def test_report_only_reads_finished_runs_and_trains_nothing(tmp_path, monkeypatc
     assert ablate.main(common + ["--report-only"]) == 0
     text = (out / "ablation.md").read_text()
     assert "Partial: 3 of 4 runs finished" in text and "52.50 ± 0.71" in text and "| 1.50 ± 0.00 |" in text
+
+
+def test_world_is_trained_evaluated_and_keyed(tmp_path, monkeypatch):
+    """--world photo (or a config with data.kwargs.world) trains on that world, keys the cached results by
+    it (a shapes result is not reused) and says so in the report; the shapes world keeps the old key."""
+    seen = []
+
+    def fake(name, seed, args):
+        seen.append((name, seed, args.world_resolved, [o for o in args.override if "world" in o]))
+        return _fake_result(name, seed, args)
+
+    monkeypatch.setattr(ablate, "run_variant", fake)
+    out = tmp_path / "abl"
+    shapes = ["--out", str(out), "--variants", "rela", "--seeds", "0"]
+    assert ablate.main(shapes) == 0
+    key = json.loads((out / "rela" / "seed0" / "ablation_result.json").read_text())["key"]
+    assert "world" not in key and seen == [("rela", 0, None, [])]
+    assert ablate.main(shapes + ["--world", "photo"]) == 0  # not the shapes result: trained again
+    assert seen[-1] == ("rela", 0, "photo", ["data.kwargs.world=photo"])
+    assert json.loads((out / "rela" / "seed0" / "ablation_result.json").read_text())["key"]["world"] == "photo"
+    assert "(photo world)" in (out / "ablation.md").read_text()
+    cfg = tmp_path / "mixed.yaml"
+    cfg.write_text("data:\n  kwargs:\n    world: mixed\n")
+    args = ablate.build_parser().parse_args(["--config", str(cfg)])
+    assert ablate.training_world(args) == "mixed"
+    assert ablate.main(["--config", str(tmp_path / "missing.yaml")] + shapes) == 2
+
+
+
+def test_run_variant_evaluates_on_the_training_world(tmp_path, monkeypatch):
+    """The final evaluation of a run is built on the world the run trained on (not the shapes default)."""
+    import mabp
+    import train.data
+    import train.evaluate
+    import train.fit
+
+    tiny = mabp.build_mabp("tiny")
+    built, trained = [], []
+    def fake_fit(cfg, overrides, extra):
+        trained.append(overrides)
+        out = next(o.split("=", 1)[1] for o in overrides if o.startswith("train.output_dir="))
+        Path(out).mkdir(parents=True, exist_ok=True)  # what a real run leaves: its folder
+        return {"step": 2}
+
+    monkeypatch.setattr(train.fit, "fit", fake_fit)
+    monkeypatch.setattr(mabp, "build_mabp", lambda **kw: tiny)
+    monkeypatch.setattr(train.data, "build_dataset", lambda *a, **kw: built.append(kw) or [])
+    monkeypatch.setattr(train.evaluate, "evaluate_model",
+                        lambda *a, **kw: {"metrics": {"gIoU": 1.0}, "n": 0, "nt_rule": "any"})
+    args = ablate.build_parser().parse_args(["--out", str(tmp_path), "--steps", "2"])
+    args.override = ["data.kwargs.world=photo"]
+    args.world_resolved = ablate.training_world(args)
+    assert args.world_resolved == "photo"
+    metrics = ablate.run_variant("rela", 0, args)
+    assert built[0]["world"] == "photo" and "data.kwargs.world=photo" in trained[0]
+    assert metrics["gIoU"] == 1.0
+    args.override, args.world_resolved = [], None
+    ablate.run_variant("table5_naive", 0, args)
+    assert "world" not in built[1]

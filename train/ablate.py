@@ -99,7 +99,23 @@ def _median_sec_per_step(log_path: Path) -> Optional[float]:
 
 
 def _result_key(args: argparse.Namespace) -> Dict[str, Any]:
-    return {"steps": args.steps, "val_samples": args.val_samples, "split": args.split, "dataset": args.dataset}
+    key = {"steps": args.steps, "val_samples": args.val_samples, "split": args.split, "dataset": args.dataset}
+    world = getattr(args, "world_resolved", None)
+    if world is not None:  # the shapes world is the key without the field (results cached before it)
+        key["world"] = world
+    return key
+
+
+def training_world(args: argparse.Namespace) -> Optional[str]:
+    """The SynthGRES world the runs train on ("photo", "mixed"), from the base config and the --set
+    overrides, or None for the shapes world and other datasets. The final evaluation uses the same world,
+    and the cached results are keyed by it. Raises train.config.ConfigError for a broken config."""
+    if args.dataset != "synthgres":
+        return None
+    from train.config import load_config
+
+    world = load_config(args.config, list(args.override))["data"]["kwargs"].get("world")
+    return None if world in (None, "shapes") else str(world)
 
 
 def cached_result(name: str, seed: int, args: argparse.Namespace) -> Optional[Dict[str, Any]]:
@@ -144,8 +160,10 @@ def run_variant(name: str, seed: int, args: argparse.Namespace) -> Dict[str, Any
     if summary.get("interrupted"):
         raise KeyboardInterrupt
     model = build_mabp(checkpoint=out / "last.pt")
+    world = getattr(args, "world_resolved", None)
     dataset = build_dataset(args.dataset, args.split, root=args.root, mode="eval",
-                            **({"size": model.cfg.image_size} if args.dataset == "synthgres" else {}))
+                            **({"size": model.cfg.image_size} if args.dataset == "synthgres" else {}),
+                            **({"world": world} if world is not None else {}))
     # min_pixels from the model: the NT-less variant decides emptiness by the paper's < 50 pixels rule
     res = evaluate_model(model, dataset, batch_size=args.batch_size, limit=args.val_samples, progress=False,
                          min_pixels=model.cfg.inference.min_pixels)
@@ -186,7 +204,9 @@ def _fmt(values: List[Optional[float]]) -> str:
 
 def format_tables(results: Dict[str, List[Dict[str, Any]]], args: argparse.Namespace) -> str:
     seeds = " ".join(str(s) for s in args.seeds) + "".join(f"; {x}" for x in getattr(args, "seeds_for", []))
-    lines = [f"Ablations on {args.dataset}/{args.split} (first {args.val_samples} expressions), "
+    world = getattr(args, "world_resolved", None)
+    where = f"{args.dataset}/{args.split}" + (f" ({world} world)" if world else "")
+    lines = [f"Ablations on {where} (first {args.val_samples} expressions), "
              f"{args.steps} steps per run, base config `{args.config}`, seeds {seeds} (mean ± std over seeds). "
              "Paper columns: gRefCOCO val (paper Tables V, VI); N-acc there is the official evaluator's "
              "TP/(TP+FN+1).", ""]
@@ -319,6 +339,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--dataset", default="synthgres")
     ap.add_argument("--split", default="val")
     ap.add_argument("--root", default=None)
+    ap.add_argument("--world", default=None, choices=("shapes", "photo", "mixed"),
+                    help="SynthGRES world to train and evaluate on (default: the config's; shapes if unset)")
     ap.add_argument("--config", default="train/configs/tiny_synthgres.yaml")
     ap.add_argument("--steps", type=int, default=300)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0])
@@ -347,6 +369,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         args.override = list(args.override) + [f"data.dataset={args.dataset}"]
         if args.root:
             args.override.append(f"data.root={args.root}")
+    if args.world is not None:
+        args.override = list(args.override) + [f"data.kwargs.world={args.world}"]
+    from train.config import ConfigError
+
+    try:
+        args.world_resolved = training_world(args)
+    except (ConfigError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     for v in args.variants:
         variant_overrides(ALIASES.get(v, v))
     seeds_for: Dict[str, List[int]] = {}
@@ -389,8 +420,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.report_only:
         finished = collect()
         if not finished:
+            world = f", world {args.world_resolved}" if args.world_resolved else ""
             print(f"error: no finished run in {out} for this budget (--steps {args.steps}, --val-samples "
-                  f"{args.val_samples})", file=sys.stderr)
+                  f"{args.val_samples}{world})", file=sys.stderr)
             return 1
         print(write_report(results(), args, out, done=finished, total=len(plan)))
         return 0
