@@ -156,12 +156,15 @@ def area_text(area_fraction: float, pixels: Optional[int] = None) -> str:
 
 def status_banner(no_target: Optional[bool], nt_prob: float = 0.0, area_fraction: float = 0.0,
                   nt_rule: str = "any", error: Optional[str] = None, message: Optional[str] = None,
-                  pixels: Optional[int] = None, notice: Optional[str] = None) -> str:
+                  pixels: Optional[int] = None, notice: Optional[str] = None, nt_threshold: float = 0.5) -> str:
     """HTML banner above the result: error, "No target", or what was found. Inline styles only, so
     it looks the same without custom CSS (Gradio 6 moved css to launch()). no_target=None is the idle
     state, showing `message` (or a default hint). `pixels`: the mask's pixel count (shown instead of a
-    percentage for tiny masks). `notice`: a warning shown under the answer (e.g. out-of-vocabulary)."""
+    percentage for tiny masks). `notice`: a warning shown under the answer (e.g. out-of-vocabulary).
+    `nt_threshold`: the model's no-target threshold, stated when it is not the official 0.5 (a
+    calibrated checkpoint), so that p(no target) = 0.4 answering "no target" reads as intended."""
     extra = ""
+    cut = "" if nt_threshold == 0.5 else f", no target above {nt_threshold:g}"
     if notice:
         extra = ('<div id="mabp-oov" class="mabp-oov" style="margin-top:6px;padding:8px 12px;border-radius:8px;'
                  'border:1px solid #b36b00;background:#fff4e0;color:#7a4600;font-weight:600">&#9888; '
@@ -178,10 +181,10 @@ def status_banner(no_target: Optional[bool], nt_prob: float = 0.0, area_fraction
         return (f'<div id="mabp-status" class="mabp-no-target" '
                 f'style="{style.format(b="#b36b00", bg="#fff4e0", fg="#7a4600")}">'
                 f"No target: nothing in the image matches the expression "
-                f"(p(no target) = {nt_prob:.2f}, rule &quot;{html.escape(nt_rule)}&quot;)</div>" + extra)
+                f"(p(no target) = {nt_prob:.2f}{cut}, rule &quot;{html.escape(nt_rule)}&quot;)</div>" + extra)
     return (f'<div id="mabp-status" class="mabp-target" style="{style.format(b="#2a8a3a", bg="#e8f6ea", fg="#165a22")}">'
             f"Target found: {area_text(area_fraction, pixels)} "
-            f"(p(no target) = {nt_prob:.2f}, rule &quot;{html.escape(nt_rule)}&quot;)</div>" + extra)
+            f"(p(no target) = {nt_prob:.2f}{cut}, rule &quot;{html.escape(nt_rule)}&quot;)</div>" + extra)
 
 
 def truncation_note(tokens: Sequence[str], num_tokens: int, max_tokens: int) -> str:

@@ -247,7 +247,8 @@ class DemoCallbacks:
         trunc = render.truncation_note(r.tokens, r.num_tokens, self.max_tokens) if r.truncated else ""
         notice = self.card.notice(r.text) if self.card is not None else None
         banner = render.status_banner(r.no_target, r.nt_prob, r.area_fraction, r.nt_rule,
-                                      pixels=int(np.count_nonzero(r.mask)), notice=notice)
+                                      pixels=int(np.count_nonzero(r.mask)), notice=notice,
+                                      nt_threshold=r.nt_threshold)
         self._trim(r.mask.size)
         return [session, banner, preview, tiles, latency, trunc,
                 gr.DownloadButton(value=mask_file, interactive=True),
@@ -611,7 +612,8 @@ class DemoCallbacks:
         info = {"no_target": r.no_target, "nt_prob": round(float(r.nt_prob), 6),
                 "area_fraction": round(float(r.area_fraction), 6), "latency_ms": round(float(r.latency_ms), 2),
                 "truncated": r.truncated, "height": int(mask.shape[0]), "width": int(mask.shape[1]),
-                "threshold": r.threshold, "nt_rule": r.nt_rule, "pixels": int(np.count_nonzero(r.mask)),
+                "threshold": r.threshold, "nt_rule": r.nt_rule, "nt_threshold": r.nt_threshold,
+                "pixels": int(np.count_nonzero(r.mask)),
                 "out_of_vocabulary": bool(self.card is not None and self.card.out_of_vocabulary_notice(r.text)),
                 "known_only_from_drawings": self.card.drawn_only_in(r.text) if self.card is not None else []}
         return self.png.write(mask, "mask"), info
@@ -621,7 +623,7 @@ API_DESCRIPTION = (
     "Segment what `text` refers to in `image`: one object, several, or none. Returns the mask as a PNG "
     "(0/255, at the image's own size; all 0 for no target) and a JSON summary {no_target, nt_prob, "
     "area_fraction, pixels, latency_ms, truncated, out_of_vocabulary, known_only_from_drawings, height, width, "
-    "threshold, nt_rule}; known_only_from_drawings lists the expression's nouns the model saw only as drawings. "
+    "threshold, nt_rule, nt_threshold}; known_only_from_drawings lists the expression's nouns the model saw only as drawings. "
     "Bad input (not an image, over 40 MP, empty text, threshold outside (0, 1)) is an error whose "
     "message says what to change.")
 

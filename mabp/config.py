@@ -144,6 +144,9 @@ class InferenceConfig:
     threshold: float = 0.5
     nt_rule: str = "any"  # "first" (paper numbers) | "last" | "any" (official README)
     min_pixels: int = 0  # paper-only rule: masks with fewer positive pixels are empty (0 = off)
+    # A head votes "no target" when its NT probability exceeds this. 0.5 is the argmax of the official
+    # code (the paper's); another value is an operating point chosen on held-out data (train.calibrate).
+    nt_threshold: float = 0.5
 
 
 @dataclass

@@ -313,7 +313,8 @@ class GRESMeter:
 
 
 # ---------------------------------------------------------------------- decisions
-def decide_no_target(nt_logits: Union[ArrayLike, Sequence[ArrayLike]], rule: str = "any") -> np.ndarray:
+def decide_no_target(nt_logits: Union[ArrayLike, Sequence[ArrayLike]], rule: str = "any",
+                     threshold: float = 0.5) -> np.ndarray:
     """Turn the NT heads' logits into a per-sample no-target decision.
 
     Args:
@@ -322,6 +323,8 @@ def decide_no_target(nt_logits: Union[ArrayLike, Sequence[ArrayLike]], rule: str
         rule: "first" — head 0 only (what produced the paper's numbers, a bug per the README);
               "last"  — the final head only;
               "any"   — OR over all heads (the official repo / README numbers).
+        threshold: a head votes no target on argmax (0.5) or when its NT probability exceeds this
+            (then `nt_logits` must be logits: the probability is their softmax).
     Returns:
         (B,) bool array, True = predicted no target. Ties (equal logits) go to class 0, as argmax does.
     """
@@ -339,7 +342,7 @@ def decide_no_target(nt_logits: Union[ArrayLike, Sequence[ArrayLike]], rule: str
 
     from .postprocess import decide_no_target as _decide
 
-    decision, _ = _decide([torch.from_numpy(np.asarray(a, dtype=np.float32)) for a in arrays], rule)
+    decision, _ = _decide([torch.from_numpy(np.asarray(a, dtype=np.float32)) for a in arrays], rule, threshold)
     return decision.numpy()
 
 

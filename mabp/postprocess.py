@@ -19,18 +19,27 @@ def nt_probabilities(nt_logits: Sequence[Optional[torch.Tensor]]) -> torch.Tenso
     return torch.stack(probs)
 
 
-def decide_no_target(nt_logits: Sequence[Optional[torch.Tensor]], rule: str = "any") -> Tuple[torch.Tensor, torch.Tensor]:
-    """Per-head argmax == 1, combined by rule. Returns (decision bool (B,), probability (B,)).
+def decide_no_target(nt_logits: Sequence[Optional[torch.Tensor]], rule: str = "any",
+                     threshold: float = 0.5) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Per-head votes combined by rule. Returns (decision bool (B,), probability (B,)).
 
+    A head votes "no target" on argmax == 1 (threshold 0.5, the official code's decision, exactly) or,
+    for another threshold in (0, 1), when its no-target probability exceeds it.
     "first": head 0 only (what the paper's numbers used); "last": the final head; "any": OR over all
     heads (the official README's result). The probability reported is the one that decides: head 0,
-    the last head, or the max over heads.
+    the last head, or the max over heads. Raises ValueError for an unknown rule or a threshold outside
+    (0, 1).
     """
     if rule not in NT_RULES:
         raise ValueError(f"unknown no-target rule {rule!r}; expected one of {NT_RULES}")
+    if not 0.0 < float(threshold) < 1.0:
+        raise ValueError(f"the no-target threshold must be between 0 and 1, got {threshold}")
     probs = nt_probabilities(nt_logits)
     logits = [logit for logit in nt_logits if logit is not None]
-    votes = torch.stack([logit.argmax(-1) == 1 for logit in logits])  # (heads, B)
+    if float(threshold) == 0.5:  # argmax, not probs > 0.5: softmax rounding must not move a tie
+        votes = torch.stack([logit.argmax(-1) == 1 for logit in logits])  # (heads, B)
+    else:
+        votes = probs > float(threshold)
     if rule == "first":
         return votes[0], probs[0]
     if rule == "last":
@@ -48,8 +57,11 @@ class PostProcessed:
 
 def postprocess(pred_masks: List[torch.Tensor], nt_logits: Sequence[Optional[torch.Tensor]],
                 out_size: Tuple[int, int], threshold: float = 0.5, nt_rule: str = "any",
-                min_pixels: int = 0, model_size: Optional[Tuple[int, int]] = None) -> PostProcessed:
+                min_pixels: int = 0, model_size: Optional[Tuple[int, int]] = None,
+                nt_threshold: float = 0.5) -> PostProcessed:
     """Final logits (B, h, w) -> bilinear (align_corners=False) to out_size -> sigmoid > threshold.
+
+    The no-target decision: `decide_no_target(nt_logits, nt_rule, nt_threshold)`.
 
     min_pixels > 0 applies the paper-only rule: a mask with fewer positive pixels (counted at the
     model's input size `model_size`, 480x480 in the paper) is called empty.
@@ -59,7 +71,7 @@ def postprocess(pred_masks: List[torch.Tensor], nt_logits: Sequence[Optional[tor
     raw = probs.squeeze(1).sigmoid() > threshold
     has_nt = any(logit is not None for logit in nt_logits)
     if has_nt:
-        no_target, nt_prob = decide_no_target(nt_logits, nt_rule)
+        no_target, nt_prob = decide_no_target(nt_logits, nt_rule, nt_threshold)
     else:
         no_target = torch.zeros(final.shape[0], dtype=torch.bool, device=final.device)
         nt_prob = torch.zeros(final.shape[0], device=final.device)

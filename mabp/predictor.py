@@ -56,6 +56,7 @@ class GRESResult:
     nt_rule: str
     image_size: tuple  # (H, W) of the original image
     extras: Dict[str, object] = field(default_factory=dict)
+    nt_threshold: float = 0.5  # a head votes "no target" above this NT probability (0.5: argmax)
 
     @property
     def area_fraction(self) -> float:
@@ -245,10 +246,12 @@ class MABPPredictor:
         return tok, lang, mask
 
     def predict(self, text: str, threshold: Optional[float] = None, nt_rule: Optional[str] = None,
-                min_pixels: Optional[int] = None, introspect: bool = False, fast_only: bool = False) -> GRESResult:
+                min_pixels: Optional[int] = None, introspect: bool = False, fast_only: bool = False,
+                nt_threshold: Optional[float] = None) -> GRESResult:
         """Segment what `text` refers to in the current image.
 
-        threshold / nt_rule / min_pixels default to the model config's inference settings. Changing
+        threshold / nt_rule / min_pixels / nt_threshold default to the model config's inference settings
+        (nt_threshold: the NT probability above which a head votes "no target"; 0.5 = argmax). Changing
         only these for a text already asked re-uses the cached model outputs (no model time).
         introspect=True also returns `result.extras["introspection"]` (mabp.introspect.Introspection):
         region grids, per-layer cross-attention over image and words, query-generator word weights and
@@ -261,14 +264,17 @@ class MABPPredictor:
         threshold = inf.threshold if threshold is None else float(threshold)
         nt_rule = inf.nt_rule if nt_rule is None else nt_rule
         min_pixels = inf.min_pixels if min_pixels is None else int(min_pixels)
+        nt_threshold = inf.nt_threshold if nt_threshold is None else float(nt_threshold)
         if not 0.0 < threshold < 1.0:
             raise InputError(f"The mask threshold must be between 0 and 1, got {threshold}.")
+        if not 0.0 < nt_threshold < 1.0:
+            raise InputError(f"The no-target threshold must be between 0 and 1, got {nt_threshold}.")
         entry, image, cached = self._answer(text, introspect, fast_only)
         t0 = time.perf_counter()
         out, tok = entry["outputs"], entry["tok"]
         h, w = image.shape[:2]
         post = postprocess(out["pred_masks"], out["nt_logits"], (h, w), threshold, nt_rule, min_pixels,
-                           model_size=(self.image_size, self.image_size))
+                           model_size=(self.image_size, self.image_size), nt_threshold=nt_threshold)
         has_nt = any(n is not None for n in out["nt_logits"])
         nt_probs = nt_probabilities(out["nt_logits"])[:, 0].tolist() if has_nt else []
         head_masks = [(m[0].float().sigmoid() > threshold).cpu().numpy() for m in out["pred_masks"]]
@@ -294,6 +300,7 @@ class MABPPredictor:
             nt_rule=nt_rule,
             image_size=(h, w),
             extras=extras,
+            nt_threshold=nt_threshold,
         )
 
     def outputs_for(self, text: str) -> dict:
@@ -301,7 +308,8 @@ class MABPPredictor:
         return self.run_model(self.check_text(text, self.tokenizer))["outputs"]
 
     def predict_video(self, frames: Iterable, text: Union[str, Sequence[str]], threshold: Optional[float] = None,
-                      nt_rule: Optional[str] = None, min_pixels: Optional[int] = None) -> Iterator[VideoFrameResult]:
+                      nt_rule: Optional[str] = None, min_pixels: Optional[int] = None,
+                      nt_threshold: Optional[float] = None) -> Iterator[VideoFrameResult]:
         """Segment one or several expressions on every frame of a clip, frame by frame (paper §IV-D:
         each frame is an independent image).
 
@@ -311,7 +319,7 @@ class MABPPredictor:
             text: one expression or a list of them; each is tokenised and run through the text encoder
                 once per clip on eager PyTorch (`encode_text` caches it; the ONNX fast path runs the text
                 encoder inside its expression graph, every frame); the image is encoded once per frame.
-            threshold, nt_rule, min_pixels: as `predict`.
+            threshold, nt_rule, min_pixels, nt_threshold: as `predict`.
         Yields: a VideoFrameResult per frame, in order, so memory stays bounded on long clips.
         Raises: InputError for a missing / empty expression (before any frame is read) or a bad frame.
         """
@@ -322,6 +330,7 @@ class MABPPredictor:
         for k, item in enumerate(frames):
             index, frame = item if isinstance(item, tuple) and len(item) == 2 else (k, item)
             self.set_image(frame)
-            results = [self.predict(t, threshold=threshold, nt_rule=nt_rule, min_pixels=min_pixels) for t in texts]
+            results = [self.predict(t, threshold=threshold, nt_rule=nt_rule, min_pixels=min_pixels,
+                                    nt_threshold=nt_threshold) for t in texts]
             yield VideoFrameResult(index=int(index), results=results, set_image_ms=self.set_image_ms,
                                    image=self._image)

@@ -132,6 +132,8 @@ def validate(cfg: MABPConfig) -> None:
     validate_decoder(dec)
     if cfg.inference.min_pixels < 0:
         raise ValueError(f"inference.min_pixels must be >= 0, got {cfg.inference.min_pixels}")
+    if not 0.0 < cfg.inference.nt_threshold < 1.0:
+        raise ValueError(f"inference.nt_threshold must be between 0 and 1, got {cfg.inference.nt_threshold}")
     if cfg.arch == "rela":
         defaults = DecoderConfig()
         changed = [f for f in _MABP_ONLY if getattr(dec, f) != getattr(defaults, f)]

@@ -211,6 +211,18 @@ def test_cli_bad_input_exit_2(ckpt, tmp_path, capsys):
     assert "refs file not found" in _err(capsys)
     assert main(["--checkpoint", str(ckpt), "--dataset", "synthgres", "--split", "vall"] + base) == 2
     assert "no split 'vall'" in _err(capsys)
+    assert main(["--checkpoint", str(ckpt), "--dataset", "synthgres", "--split", "val", "--nt-threshold", "1"] + base) == 2
+    assert "--nt-threshold must be strictly between 0 and 1" in _err(capsys)
+
+
+def test_cli_nt_threshold_is_used_and_reported(ckpt, tmp_path, capsys):
+    out = tmp_path / "eval"
+    assert main(["--checkpoint", str(ckpt), "--dataset", "synthgres", "--split", "val", "--size", str(SIZE),
+                 "--limit", "4", "--out", str(out), "--no-progress", "--nt-threshold", "0.05"]) == 0
+    printed = capsys.readouterr().out
+    assert "no-target threshold 0.05 (calibrated; 0.5 = argmax)" in printed
+    results = json.loads((out / "results.json").read_text())
+    assert results["nt_threshold"] == 0.05
 
 
 # ------------------------------------------------------------------------------------------ export round trip

@@ -49,6 +49,13 @@ def test_head_mask_tiles_captions_and_sizes():
     assert "100.0% fg" in tiles[0][1] and "0.0% fg" in tiles[1][1]
 
 
+def test_status_banner_states_a_calibrated_no_target_threshold():
+    assert "above" not in render.status_banner(True, 0.91, 0.0, "any")  # the official 0.5: not repeated
+    calibrated = render.status_banner(True, 0.4, 0.0, "any", nt_threshold=0.35)
+    assert "p(no target) = 0.40, no target above 0.35" in calibrated and "mabp-no-target" in calibrated
+    assert "no target above 0.35" in render.status_banner(False, 0.2, 0.1, nt_threshold=0.35)
+
+
 def test_status_banner_states_are_distinct_and_escaped():
     nt = render.status_banner(True, 0.91, 0.0, "any")
     assert "No target" in nt and "0.91" in nt and "mabp-no-target" in nt

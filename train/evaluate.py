@@ -101,12 +101,16 @@ def evaluation_loop(model: torch.nn.Module, loader: Any, device: torch.device, n
                     min_pixels: int = 0, amp: bool = False, criterion: Optional[torch.nn.Module] = None,
                     progress: bool = True, desc: str = "eval", total: Optional[int] = None,
                     sample_indices: Optional[Sequence[int]] = None,
-                    amp_dtype: torch.dtype = torch.float16) -> Dict[str, Any]:
+                    amp_dtype: torch.dtype = torch.float16, nt_threshold: float = 0.5,
+                    nt_thresholds: Sequence[float] = ()) -> Dict[str, Any]:
     """The one evaluation loop (this CLI and the training engine): every batch of `loader` (collated by
     `train.collate.Collator`, S x S) through `model` on `device`, scored with the §4 protocol.
 
-    Returns {"meter": GRESMeter, "rule_meters": {rule: GRESMeter}, "head_counts": [per-head TP/FN/FP/TN],
-    "records": [per-sample dicts], "loss_sum", "loss_n"}. Under torch.distributed every entry is merged
+    `nt_threshold` is the NT probability above which a head votes "no target" (0.5: argmax, the official
+    decision); each of `nt_thresholds` gets its own meter scored from the same pass (train.calibrate).
+
+    Returns {"meter": GRESMeter, "rule_meters": {rule: GRESMeter}, "threshold_meters": {nt threshold:
+    GRESMeter}, "head_counts": [per-head TP/FN/FP/TN], "records": [per-sample dicts], "loss_sum", "loss_n"}. Under torch.distributed every entry is merged
     over the ranks (meters and records in rank order, counts and loss sums added), so each rank's
     loader may hold a shard; `sample_indices` are the dataset indices of this rank's samples in loader
     order (default 0, 1, 2, ...). The model's device and train/eval mode are restored afterwards.
@@ -120,6 +124,7 @@ def evaluation_loop(model: torch.nn.Module, loader: Any, device: torch.device, n
     was_training = model.training
     meter = GRESMeter()
     rule_meters: Dict[str, GRESMeter] = {}
+    threshold_meters: Dict[float, GRESMeter] = {float(t): GRESMeter() for t in nt_thresholds}
     head_counts: List[Dict[str, int]] = []
     records: List[Dict[str, Any]] = []
     loss_sum, loss_n = 0.0, 0
@@ -140,7 +145,8 @@ def evaluation_loop(model: torch.nn.Module, loader: Any, device: torch.device, n
                        for k, v in out.items()}
                 nt_logits = out["nt_logits"]
                 post = postprocess(out["pred_masks"], nt_logits, (size, size),
-                                   threshold=threshold, nt_rule=nt_rule, min_pixels=min_pixels, model_size=(size, size))
+                                   threshold=threshold, nt_rule=nt_rule, min_pixels=min_pixels, model_size=(size, size),
+                                   nt_threshold=nt_threshold)
                 raw = post.raw_masks.cpu()
                 pred_nt = post.no_target.cpu()
                 gt = batch["gt_masks"] > 0.5  # the collator ships {0, 1} floats (training targets)
@@ -158,8 +164,11 @@ def evaluation_loop(model: torch.nn.Module, loader: Any, device: torch.device, n
                     # difference is visible from one pass. min_pixels applies to all alike.
                     small = (raw.flatten(1).sum(-1) < min_pixels) if min_pixels > 0 else torch.zeros_like(pred_nt)
                     for r in NT_RULES:
-                        dec = decide_no_target(heads, r)[0].cpu() | small
+                        dec = decide_no_target(heads, r, nt_threshold)[0].cpu() | small
                         rule_meters.setdefault(r, GRESMeter()).update_batch(raw, gt, dec, gt_nt)
+                    for t, m in threshold_meters.items():
+                        dec = decide_no_target(heads, nt_rule, t)[0].cpu() | small
+                        m.update_batch(raw, gt, dec, gt_nt, tags=batch["tags"], sample_ids=indices)
                     if not head_counts:
                         head_counts = [_head_counts() for _ in heads]
                     for k, logit in enumerate(heads):
@@ -187,6 +196,7 @@ def evaluation_loop(model: torch.nn.Module, loader: Any, device: torch.device, n
         meter = D.gather_meter(meter)
         rule_meters = {r: D.gather_meter(rule_meters.get(r, GRESMeter())) for r in NT_RULES
                        if D.all_reduce_max_flag(r in rule_meters, device)}
+        threshold_meters = {t: D.gather_meter(m) for t, m in threshold_meters.items()}
         n_heads = max(D.all_gather_object(len(head_counts)))
         flat = {f"{k}.{key}": float(head_counts[k][key]) if k < len(head_counts) else 0.0
                 for k in range(n_heads) for key in ("TP", "FN", "FP", "TN")}
@@ -194,14 +204,15 @@ def evaluation_loop(model: torch.nn.Module, loader: Any, device: torch.device, n
         head_counts = [{key: int(sums[f"{k}.{key}"]) for key in ("TP", "FN", "FP", "TN")} for k in range(n_heads)]
         loss_sum, loss_n = sums["_loss"], int(sums["_n"])
         records = [r for part in D.all_gather_object(records) for r in part]
-    return {"meter": meter, "rule_meters": rule_meters, "head_counts": head_counts, "records": records,
-            "loss_sum": loss_sum, "loss_n": loss_n}
+    return {"meter": meter, "rule_meters": rule_meters, "threshold_meters": threshold_meters,
+            "head_counts": head_counts, "records": records, "loss_sum": loss_sum, "loss_n": loss_n}
 
 
 def evaluate_model(model: torch.nn.Module, dataset: Any, batch_size: int = 8, nt_rule: Optional[str] = None,
                    threshold: Optional[float] = None, min_pixels: int = 0, limit: Optional[int] = None,
                    device: Optional[str] = None, progress: bool = True, amp: bool = False,
-                   num_workers: int = 0, desc: str = "eval") -> Dict[str, Any]:
+                   num_workers: int = 0, desc: str = "eval", nt_threshold: Optional[float] = None,
+                   nt_thresholds: Sequence[float] = ()) -> Dict[str, Any]:
     """Run the §4 evaluation of `model` on `dataset` (any dataset yielding the shared sample dict).
 
     Args:
@@ -220,10 +231,14 @@ def evaluate_model(model: torch.nn.Module, dataset: Any, batch_size: int = 8, nt
         amp: fp16 autocast (CUDA only).
         num_workers: DataLoader workers for image decoding (0 = in this process).
         desc: progress-bar label.
+        nt_threshold: NT probability above which a head votes "no target"; None =
+            `model.cfg.inference.nt_threshold` (0.5 = argmax, the official decision).
+        nt_thresholds: more NT thresholds scored from the same pass ("per_nt_threshold").
     Returns:
         {"metrics": GRESMeter.compute(), "breakdowns": {tag key: {group: metrics}},
          "per_head_nt": [per NT head accuracy figures], "per_rule": {rule: metrics},
-         "per_sample": [one dict per sample], "nt_rule", "threshold", "min_pixels", "eval_size", "n",
+         "per_sample": [one dict per sample], "per_nt_threshold": {threshold: metrics}, "nt_rule",
+         "threshold", "nt_threshold", "min_pixels", "eval_size", "n",
          "wall_time_s", "samples_per_s", "device", "amp"}
     """
     from tqdm import tqdm
@@ -237,6 +252,10 @@ def evaluate_model(model: torch.nn.Module, dataset: Any, batch_size: int = 8, nt
         raise ValueError(f"threshold must be strictly between 0 and 1 (a sigmoid probability), got {thr}")
     if min_pixels < 0:
         raise ValueError(f"min_pixels must be >= 0, got {min_pixels}")
+    nt_thr = float(nt_threshold if nt_threshold is not None else cfg.inference.nt_threshold)
+    for t in (nt_thr, *nt_thresholds):
+        if not 0.0 < float(t) < 1.0:
+            raise ValueError(f"no-target thresholds must be strictly between 0 and 1, got {t}")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     n_total = len(dataset)
@@ -264,7 +283,7 @@ def evaluate_model(model: torch.nn.Module, dataset: Any, batch_size: int = 8, nt
                         generator=torch.Generator().manual_seed(0))
     t0 = time.perf_counter()
     acc = evaluation_loop(model, loader, dev, rule, thr, min_pixels, amp, progress=progress, desc=desc,
-                          total=len(shard), sample_indices=shard)
+                          total=len(shard), sample_indices=shard, nt_threshold=nt_thr, nt_thresholds=nt_thresholds)
     wall = time.perf_counter() - t0
     meter, rule_meters, head_counts, records = acc["meter"], acc["rule_meters"], acc["head_counts"], acc["records"]
 
@@ -285,9 +304,11 @@ def evaluate_model(model: torch.nn.Module, dataset: Any, batch_size: int = 8, nt
         "breakdowns": breakdowns,
         "per_head_nt": [dict(_nt_summary(c), head=k) for k, c in enumerate(head_counts)],
         "per_rule": {r: m.compute() for r, m in rule_meters.items()},
+        "per_nt_threshold": {t: m.compute() for t, m in acc["threshold_meters"].items()},
         "per_sample": per_sample,
         "nt_rule": rule,
         "threshold": thr,
+        "nt_threshold": nt_thr,
         "min_pixels": int(min_pixels),
         "eval_size": size,
         "n": n,
@@ -377,7 +398,9 @@ def format_report(result: Mapping[str, Any], dataset: str, split: str, acc: str 
         extra = [format_table(r, acc=acc, name=label).split("\n")[2] for label, r in rows[1:]]
         table = "\n".join(lines[:4] + extra + lines[4:])
     out = [f"## {dataset} {split} — n = {result['n']}, S = {result['eval_size']}, threshold {result['threshold']}, "
-           f"no-target rule '{result['nt_rule']}'" + (f", min_pixels {result['min_pixels']}" if result["min_pixels"] else ""),
+           f"no-target rule '{result['nt_rule']}'" + (f", min_pixels {result['min_pixels']}" if result["min_pixels"] else "")
+           + (f", no-target threshold {result['nt_threshold']:g} (calibrated; 0.5 = argmax)"
+              if result.get("nt_threshold", 0.5) != 0.5 else ""),
            "", table, "",
            "Both accuracy families: "
            f"MABP-code N-acc {_fmt(m['N-acc(MABP-code)'])}, T-acc {_fmt(m['T-acc(MABP-code)'])} "
@@ -432,6 +455,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--nt-rule", choices=NT_RULES, default=None,
                    help="no-target rule over the 4 NT heads (default: the checkpoint's inference.nt_rule)")
     p.add_argument("--threshold", type=float, default=None, help="mask threshold (default: the checkpoint's, 0.5)")
+    p.add_argument("--nt-threshold", type=float, default=None,
+                   help="NT probability above which a head votes no target (default: the checkpoint's "
+                        "inference.nt_threshold; 0.5 = argmax, the official decision)")
     p.add_argument("--min-pixels", type=int, default=0,
                    help="paper-only rule: masks with fewer pixels count as no target (0 = official protocol)")
     p.add_argument("--limit", type=int, default=None, help="evaluate only the first N samples")
@@ -470,6 +496,8 @@ def _setup(args: argparse.Namespace):
             raise EvalInputError(f"{name} must be >= {lo}, got {val}")
     if args.threshold is not None and not 0.0 < args.threshold < 1.0:
         raise EvalInputError(f"--threshold must be strictly between 0 and 1, got {args.threshold}")
+    if getattr(args, "nt_threshold", None) is not None and not 0.0 < args.nt_threshold < 1.0:
+        raise EvalInputError(f"--nt-threshold must be strictly between 0 and 1, got {args.nt_threshold}")
     dev = args.device
     try:
         dev_t = torch.device(dev)
@@ -546,12 +574,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     src = "--nt-rule" if args.nt_rule else "the checkpoint's inference.nt_rule"
     print(f"no-target rule: {rule} (from {src}); threshold "
           f"{args.threshold if args.threshold is not None else model.cfg.inference.threshold}; "
+          f"no-target threshold {args.nt_threshold if args.nt_threshold is not None else model.cfg.inference.nt_threshold:g}; "
           f"model size {model.cfg.image_size}; {min(len(dataset), args.limit or len(dataset))} samples", flush=True)
     try:
         result = evaluate_model(model, dataset, batch_size=args.batch_size, nt_rule=args.nt_rule,
                                 threshold=args.threshold, min_pixels=args.min_pixels, limit=args.limit,
                                 device=args.device, progress=not args.no_progress, amp=args.amp,
-                                num_workers=args.workers, desc=f"{args.dataset} {args.split}")
+                                num_workers=args.workers, desc=f"{args.dataset} {args.split}",
+                                nt_threshold=args.nt_threshold)
     except DatasetError as e:  # a file that went missing / is corrupt mid-run: still the data's fault
         print(f"error: {_one_line(e)}", file=sys.stderr)
         return 2

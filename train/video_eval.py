@@ -30,14 +30,14 @@ from mabp.video_metrics import PAPER_MEVIS, VideoJFMeter
 
 def evaluate_video(model: torch.nn.Module, dataset: Any, limit: Optional[int] = None,
                    threshold: Optional[float] = None, nt_rule: Optional[str] = None,
-                   progress: bool = True) -> Dict[str, Any]:
+                   progress: bool = True, nt_threshold: Optional[float] = None) -> Dict[str, Any]:
     """J, F, J&F (×100) of `model` on a `train.data.mevis.MeViS` split (any mode; masks required).
 
     Args:
         model: an MABP (wrapped in an `MABPPredictor` here).
         dataset: a MeViS dataset with masks.
         limit: evaluate only the first `limit` expressions (file order).
-        threshold, nt_rule: as `MABPPredictor.predict` (default: the model config's).
+        threshold, nt_rule, nt_threshold: as `MABPPredictor.predict` (default: the model config's).
         progress: a tqdm bar over frames.
     Returns: {"metrics": {J, F, J&F, n_expressions, n_frames}, "breakdown": {target tag: metrics},
               "per_expression": [...], "frames_per_s", "wall_time_s", "nt_rule", "threshold"}.
@@ -71,7 +71,8 @@ def evaluate_video(model: torch.nn.Module, dataset: Any, limit: Optional[int] = 
                 frames = vexprs[0].frames
                 texts = [e.sentence for e in vexprs]
                 stream = ((t, dataset.frame(video, name)) for t, name in enumerate(frames))
-                for fr in predictor.predict_video(stream, texts, threshold=threshold, nt_rule=nt_rule):
+                for fr in predictor.predict_video(stream, texts, threshold=threshold, nt_rule=nt_rule,
+                                                  nt_threshold=nt_threshold):
                     for e, r in zip(vexprs, fr.results):
                         gt = dataset.target_mask(e, fr.index, r.image_size)
                         meter.update(e.key, r.mask, gt, tags={"target": e.tags.get("target") or (
@@ -88,7 +89,8 @@ def evaluate_video(model: torch.nn.Module, dataset: Any, limit: Optional[int] = 
     return {"metrics": meter.compute(), "breakdown": meter.breakdown("target"),
             "per_expression": meter.per_expression(), "frames_per_s": n_frames / wall if wall > 0 else None,
             "wall_time_s": wall, "n_frames": n_frames, "nt_rule": nt_rule or inf.nt_rule,
-            "threshold": float(threshold if threshold is not None else inf.threshold)}
+            "threshold": float(threshold if threshold is not None else inf.threshold),
+            "nt_threshold": float(nt_threshold if nt_threshold is not None else inf.nt_threshold)}
 
 
 def _f(v: Optional[float]) -> str:
@@ -160,6 +162,7 @@ def main_from_args(args: Any) -> int:
         torch.set_num_threads(args.threads)
     try:
         result = evaluate_video(model, dataset, limit=args.limit, threshold=args.threshold, nt_rule=args.nt_rule,
+                                nt_threshold=getattr(args, "nt_threshold", None),
                                 progress=not args.no_progress)
     except (DatasetError, ValueError) as e:
         return fail(str(e))
