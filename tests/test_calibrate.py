@@ -76,7 +76,8 @@ def test_evaluation_scores_a_grid_from_one_pass(tiny_ckpt):
         assert at["metrics"][key] == pytest.approx(res["per_nt_threshold"][0.2][key], nan_ok=True)
     # a lower threshold never says "no target" less often
     n_nt = lambda m: m["TP"] + m["FP"]  # noqa: E731
-    assert n_nt(res["per_nt_threshold"][0.2]) >= n_nt(res["per_nt_threshold"][0.5]) >= n_nt(res["per_nt_threshold"][0.8])
+    per = res["per_nt_threshold"]
+    assert n_nt(per[0.2]) >= n_nt(per[0.5]) >= n_nt(per[0.8])
 
 
 def test_choose_threshold_takes_the_best_and_breaks_ties_towards_half():

@@ -110,7 +110,8 @@ def evaluation_loop(model: torch.nn.Module, loader: Any, device: torch.device, n
     decision); each of `nt_thresholds` gets its own meter scored from the same pass (train.calibrate).
 
     Returns {"meter": GRESMeter, "rule_meters": {rule: GRESMeter}, "threshold_meters": {nt threshold:
-    GRESMeter}, "head_counts": [per-head TP/FN/FP/TN], "records": [per-sample dicts], "loss_sum", "loss_n"}. Under torch.distributed every entry is merged
+    GRESMeter}, "head_counts": [per-head TP/FN/FP/TN], "records": [per-sample dicts], "loss_sum",
+    "loss_n"}. Under torch.distributed every entry is merged
     over the ranks (meters and records in rank order, counts and loss sums added), so each rank's
     loader may hold a shard; `sample_indices` are the dataset indices of this rank's samples in loader
     order (default 0, 1, 2, ...). The model's device and train/eval mode are restored afterwards.
@@ -304,7 +305,8 @@ def evaluate_model(model: torch.nn.Module, dataset: Any, batch_size: int = 8, nt
         "breakdowns": breakdowns,
         "per_head_nt": [dict(_nt_summary(c), head=k) for k, c in enumerate(head_counts)],
         "per_rule": {r: m.compute() for r, m in rule_meters.items()},
-        "per_nt_threshold": {t: m.compute() for t, m in acc["threshold_meters"].items()},
+        # empty for a model without an NT branch (its emptiness is the min_pixels rule alone)
+        "per_nt_threshold": {t: m.compute() for t, m in acc["threshold_meters"].items() if len(m)},
         "per_sample": per_sample,
         "nt_rule": rule,
         "threshold": thr,
@@ -571,10 +573,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     rule = args.nt_rule or model.cfg.inference.nt_rule
+    nt_thr = args.nt_threshold if args.nt_threshold is not None else model.cfg.inference.nt_threshold
     src = "--nt-rule" if args.nt_rule else "the checkpoint's inference.nt_rule"
     print(f"no-target rule: {rule} (from {src}); threshold "
           f"{args.threshold if args.threshold is not None else model.cfg.inference.threshold}; "
-          f"no-target threshold {args.nt_threshold if args.nt_threshold is not None else model.cfg.inference.nt_threshold:g}; "
+          f"no-target threshold {nt_thr:g}; "
           f"model size {model.cfg.image_size}; {min(len(dataset), args.limit or len(dataset))} samples", flush=True)
     try:
         result = evaluate_model(model, dataset, batch_size=args.batch_size, nt_rule=args.nt_rule,
