@@ -1,5 +1,6 @@
 """The ablation driver end to end on the tiny preset (2 steps per variant)."""
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -44,6 +45,9 @@ def test_claim_verdicts_by_hand():
            "table5_mmd": runs(64.0, 67.0, 65.0), "table5_full": runs(50.0)}
     v = {x["claim"]: x for x in ablate.claim_verdicts(res)}
     assert v["RSH over the naive head"]["verdict"] == "holds" and v["RSH over the naive head"]["diff"] == 5.0
+    # Welch: t = 5 / sqrt(1/3 + 1/3) = 6.12 with 4 degrees of freedom -> p = 0.0036
+    assert v["RSH over the naive head"]["p"] == pytest.approx(0.0036, abs=2e-4)
+    assert math.isnan(v["query generator over random queries"]["p"])
     assert v["MMD over RIA/RLA"]["verdict"] == "within noise"
     assert v["query generator over random queries"]["verdict"] == "one seed: noise unknown"
     res["table5_rsh"] = runs(50.0, 51.0, 49.0)
@@ -51,8 +55,8 @@ def test_claim_verdicts_by_hand():
     assert "MABP over ReLA (gIoU)" not in v  # ReLA not run: no verdict
     table = ablate.format_tables(res, ablate.build_parser().parse_args([]))
     one_seed = next(line for line in table.splitlines() if line.startswith("| query generator"))
-    assert "±nan" not in table and "| -15.33 | – |" in one_seed  # no noise figure for a one-seed row
-    assert "| -10.00 | ±1.63 |" in table  # RSH − Naive: 2 × sqrt(1/3 + 1/3)
+    assert "±nan" not in table and "| -15.33 | – | – |" in one_seed  # no noise figure for a one-seed row
+    assert "| -10.00 | ±1.63 | < 0.001 |" in table  # RSH − Naive: 2 × sqrt(1/3 + 1/3), t = -12.2
 
 
 def _fake_result(name, seed, args, giou=None):

@@ -243,17 +243,19 @@ def format_tables(results: Dict[str, List[Dict[str, Any]]], args: argparse.Names
     verdicts = claim_verdicts(results)
     if verdicts:
         lines += ["", "### The paper's claims on this data", "",
-                  "| claim | metric | ours (variant − baseline) | noise (2 × std error) | paper | verdict |",
-                  "|---|---|---|---|---|---|"]
+                  "| claim | metric | ours (variant − baseline) | noise (2 × std error) | p (Welch) | paper | verdict |",
+                  "|---|---|---|---|---|---|---|"]
         for v in verdicts:
             paper = "–" if v["paper"] is None else f"+{v['paper']:.2f}"
             noise = "–" if math.isnan(v["noise"]) else f"±{v['noise']:.2f}"
-            lines.append(f"| {v['claim']} | {v['metric']} | {v['diff']:+.2f} | {noise} | {paper} | "
+            p_value = "–" if math.isnan(v["p"]) else f"{v['p']:.3f}" if v["p"] >= 0.001 else "< 0.001"
+            lines.append(f"| {v['claim']} | {v['metric']} | {v['diff']:+.2f} | {noise} | {p_value} | {paper} | "
                          f"**{v['verdict']}** |")
         lines.append("")
         lines.append("Verdict: 'holds' when the difference is positive and larger than twice its standard error "
                      "over seeds, 'reversed' when it is negative and larger, 'within noise' otherwise (with one "
-                     "seed the noise is unknown and the verdict says so).")
+                     "seed the noise is unknown and the verdict says so). With 2-3 seeds per side that bar is "
+                     "lenient; p is Welch's two-sided t-test over the seeds.")
     return "\n".join(lines)
 
 
@@ -266,13 +268,20 @@ def claim_verdicts(results: Dict[str, List[Dict[str, Any]]]) -> List[Dict[str, A
         if not a or not b:
             continue
         diff = statistics.mean(b) - statistics.mean(a)
+        p_value = float("nan")
         if len(a) < 2 or len(b) < 2:
             noise, verdict = float("nan"), "one seed: noise unknown"
         else:
             noise = 2 * (statistics.variance(a) / len(a) + statistics.variance(b) / len(b)) ** 0.5
             verdict = "holds" if diff > noise else "reversed" if diff < -noise else "within noise"
+            if noise > 0:
+                # Welch's t-test (two-sided): with 2-3 seeds per side, 2 x SE is a lenient bar, and the
+                # p-value says how lenient (t with ~2-4 degrees of freedom)
+                from scipy.stats import ttest_ind
+
+                p_value = float(ttest_ind(b, a, equal_var=False).pvalue)
         out.append({"claim": claim, "metric": metric, "baseline": base, "variant": variant, "diff": diff,
-                    "noise": noise, "paper": paper, "verdict": verdict})
+                    "noise": noise, "p": p_value, "paper": paper, "verdict": verdict})
     return out
 
 
