@@ -185,7 +185,6 @@ def test_world_is_trained_evaluated_and_keyed(tmp_path, monkeypatch):
     assert ablate.main(["--config", str(tmp_path / "missing.yaml")] + shapes) == 2
 
 
-
 def test_run_variant_evaluates_on_the_training_world(tmp_path, monkeypatch):
     """The final evaluation of a run is built on the world the run trained on (not the shapes default)."""
     import mabp
@@ -195,6 +194,7 @@ def test_run_variant_evaluates_on_the_training_world(tmp_path, monkeypatch):
 
     tiny = mabp.build_mabp("tiny")
     built, trained = [], []
+
     def fake_fit(cfg, overrides, extra):
         trained.append(overrides)
         out = next(o.split("=", 1)[1] for o in overrides if o.startswith("train.output_dir="))

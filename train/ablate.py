@@ -100,7 +100,7 @@ def _median_sec_per_step(log_path: Path) -> Optional[float]:
 
 def _result_key(args: argparse.Namespace) -> Dict[str, Any]:
     key = {"steps": args.steps, "val_samples": args.val_samples, "split": args.split, "dataset": args.dataset}
-    world = getattr(args, "world_resolved", None)
+    world = args.world_resolved
     if world is not None:  # the shapes world is the key without the field (results cached before it)
         key["world"] = world
     return key
@@ -160,7 +160,7 @@ def run_variant(name: str, seed: int, args: argparse.Namespace) -> Dict[str, Any
     if summary.get("interrupted"):
         raise KeyboardInterrupt
     model = build_mabp(checkpoint=out / "last.pt")
-    world = getattr(args, "world_resolved", None)
+    world = args.world_resolved
     dataset = build_dataset(args.dataset, args.split, root=args.root, mode="eval",
                             **({"size": model.cfg.image_size} if args.dataset == "synthgres" else {}),
                             **({"world": world} if world is not None else {}))
@@ -204,7 +204,7 @@ def _fmt(values: List[Optional[float]]) -> str:
 
 def format_tables(results: Dict[str, List[Dict[str, Any]]], args: argparse.Namespace) -> str:
     seeds = " ".join(str(s) for s in args.seeds) + "".join(f"; {x}" for x in getattr(args, "seeds_for", []))
-    world = getattr(args, "world_resolved", None)
+    world = args.world_resolved
     where = f"{args.dataset}/{args.split}" + (f" ({world} world)" if world else "")
     lines = [f"Ablations on {where} (first {args.val_samples} expressions), "
              f"{args.steps} steps per run, base config `{args.config}`, seeds {seeds} (mean ± std over seeds). "
@@ -365,6 +365,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="extra training-config overrides applied to every run")
     ap.add_argument("--report-only", action="store_true",
                     help="write and print the report of the runs finished so far; train nothing")
+    ap.set_defaults(world_resolved=None)  # set by main() from the config and --world (training_world)
     return ap
 
 

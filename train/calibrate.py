@@ -27,6 +27,8 @@ import sys
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
+from mabp.postprocess import NT_RULES
+
 # The base seed of the calibration stream: any value other than the training stream's default
 # (train.data.synthgres.dataset.DEFAULT_BASE_SEED) gives scenes that training never saw.
 CALIBRATION_SEED = 0xCA11B
@@ -90,7 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--samples", type=int, default=1000, help="calibration expressions (default 1000)")
     p.add_argument("--seed", type=int, default=CALIBRATION_SEED, help="synthgres: base seed of the calibration stream")
     p.add_argument("--grid", type=float, nargs="+", default=list(DEFAULT_GRID), help="thresholds to score")
-    p.add_argument("--nt-rule", default=None, help="no-target rule (default: the checkpoint's)")
+    p.add_argument("--nt-rule", choices=NT_RULES, default=None, help="no-target rule (default: the checkpoint's)")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--no-progress", action="store_true")

@@ -498,7 +498,7 @@ def _setup(args: argparse.Namespace):
             raise EvalInputError(f"{name} must be >= {lo}, got {val}")
     if args.threshold is not None and not 0.0 < args.threshold < 1.0:
         raise EvalInputError(f"--threshold must be strictly between 0 and 1, got {args.threshold}")
-    if getattr(args, "nt_threshold", None) is not None and not 0.0 < args.nt_threshold < 1.0:
+    if args.nt_threshold is not None and not 0.0 < args.nt_threshold < 1.0:
         raise EvalInputError(f"--nt-threshold must be strictly between 0 and 1, got {args.nt_threshold}")
     dev = args.device
     try:

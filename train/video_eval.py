@@ -162,7 +162,7 @@ def main_from_args(args: Any) -> int:
         torch.set_num_threads(args.threads)
     try:
         result = evaluate_video(model, dataset, limit=args.limit, threshold=args.threshold, nt_rule=args.nt_rule,
-                                nt_threshold=getattr(args, "nt_threshold", None),
+                                nt_threshold=args.nt_threshold,
                                 progress=not args.no_progress)
     except (DatasetError, ValueError) as e:
         return fail(str(e))
