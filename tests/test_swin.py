@@ -167,6 +167,60 @@ def test_block_attention_matches_naive_per_window(shift, hw):
     torch.testing.assert_close(got, ref, atol=1e-5, rtol=1e-5)
 
 
+def padded_block_reference(blk: SwinTransformerBlock, x: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    """The official block written out: every padded token goes through qkv and proj like a real one."""
+    b, _, c = x.shape
+    ws, s = blk.window_size, blk.shift_size
+    xp = pad_to_window(blk.norm1(x).view(b, h, w, c), ws)
+    hp, wp = xp.shape[1], xp.shape[2]
+    mask = shifted_window_mask(hp, wp, ws, s) if s else None
+    if s:
+        xp = torch.roll(xp, shifts=(-s, -s), dims=(1, 2))
+    y = window_reverse(blk.attn(window_partition(xp, ws).view(-1, ws * ws, c), mask=mask).view(-1, ws, ws, c),
+                       ws, hp, wp)
+    if s:
+        y = torch.roll(y, shifts=(s, s), dims=(1, 2))
+    x = x + y[:, :h, :w].reshape(b, h * w, c)
+    return x + blk.mlp(blk.norm2(x))
+
+
+@pytest.mark.parametrize("shift", [0, 6])
+@pytest.mark.parametrize("hw", [(15, 15), (30, 23), (12, 13)])
+def test_padded_maps_skip_the_padded_tokens_linear_layers_exactly(shift, hw):
+    """Swin-B's window (12) on its 480x480 stage-3/4 sizes and an odd one: the padded-map shortcut (qkv on
+    real tokens, bias in the padding, proj after cropping) equals the official form, forward and backward."""
+    torch.manual_seed(0)
+    h, w = hw
+    blk = SwinTransformerBlock(dim=32, num_heads=4, window_size=12, shift_size=shift)
+    with torch.no_grad():
+        blk.attn.qkv.bias.normal_(0, 1.0)  # a large bias makes the padded keys/values matter
+        blk.attn.relative_position_bias_table.normal_(0, 1.0)
+    x = torch.randn(2, h * w, 32, requires_grad=True)
+    got = blk(x, h, w)
+    ref = padded_block_reference(blk, x, h, w)
+    torch.testing.assert_close(got, ref, atol=2e-6, rtol=1e-5)
+    g = torch.randn_like(got)
+    grads = torch.autograd.grad(got, [x, blk.attn.qkv.bias, blk.attn.qkv.weight, blk.attn.proj.weight], g)
+    grads_ref = torch.autograd.grad(ref, [x, blk.attn.qkv.bias, blk.attn.qkv.weight, blk.attn.proj.weight], g)
+    for a, r in zip(grads, grads_ref):
+        torch.testing.assert_close(a, r, atol=1e-4, rtol=1e-4)  # weight grads sum ~900 tokens
+
+
+def test_whole_encoder_with_the_shortcut_equals_the_padded_official_form(monkeypatch):
+    """End to end through every stage (maps 18x13 .. 3x2, window 7: every stage padded), 'pwam' mode with
+    open gates so the language path is exercised too: within 1e-5 of the all-padded form."""
+    model = tiny_model(window_size=7).eval()
+    randomise_gates(model)
+    images, lang, lang_mask = inputs(b=1, h=70, w=50)
+    with torch.no_grad():
+        got = model(images, lang[:1], lang_mask[:1])
+        monkeypatch.setattr(SwinTransformerBlock, "forward",
+                            lambda blk, x, h, w, attn_mask=None: padded_block_reference(blk, x, h, w))
+        ref = model(images, lang[:1], lang_mask[:1])
+    for key in ref:
+        torch.testing.assert_close(got[key], ref[key], atol=1e-5, rtol=1e-5)
+
+
 # ------------------------------------------------------------------------------- official layout
 def test_state_dict_matches_official_manifest_swin_b():
     ref = json.loads(MANIFEST.read_text())["state_dict"]

@@ -172,8 +172,17 @@ class WindowAttention(nn.Module):
         return bias.permute(2, 0, 1).contiguous()
 
     def forward(self, x: Tensor, mask: Optional[Tensor] = None) -> Tensor:
-        bw, n, c = x.shape
-        qkv = self.qkv(x).reshape(bw, n, 3, self.num_heads, c // self.num_heads).permute(2, 0, 3, 1, 4)
+        return self.proj(self.attend(self.qkv(x), mask))
+
+    def attend(self, qkv: Tensor, mask: Optional[Tensor] = None) -> Tensor:
+        """The attention between the two linear layers: `forward(x) == proj(attend(qkv(x)))`.
+
+        qkv: (B*nW, N, 3C), the output of `self.qkv` per window token; mask as in `forward`.
+        Returns (B*nW, N, C), the heads' outputs before `proj`.
+        """
+        bw, n, c3 = qkv.shape
+        c = c3 // 3
+        qkv = qkv.reshape(bw, n, 3, self.num_heads, c // self.num_heads).permute(2, 0, 3, 1, 4)
         q, k, v = qkv[0], qkv[1], qkv[2]  # each (B*nW, heads, N, C/heads)
         # Same operation order as the official code (scale q first) to reproduce its outputs closely.
         q = q * self.scale
@@ -185,8 +194,7 @@ class WindowAttention(nn.Module):
             attn = attn.view(bw // n_win, n_win, self.num_heads, n, n) + mask.to(attn.dtype).unsqueeze(1).unsqueeze(0)
             attn = attn.view(-1, self.num_heads, n, n)
         attn = attn.softmax(dim=-1)
-        x = (attn @ v).transpose(1, 2).reshape(bw, n, c)
-        return self.proj(x)
+        return (attn @ v).transpose(1, 2).reshape(bw, n, c)
 
 
 class SwinTransformerBlock(nn.Module):
@@ -217,6 +225,8 @@ class SwinTransformerBlock(nn.Module):
         if length != h * w:
             raise ValueError(f"token count {length} != {h}x{w}")
         ws, s = self.window_size, self.shift_size
+        if h % ws or w % ws:
+            return self._forward_padded(x, h, w, attn_mask)
         shortcut = x
         x = pad_to_window(self.norm1(x).view(b, h, w, c), ws)
         hp, wp = x.shape[1], x.shape[2]
@@ -234,6 +244,41 @@ class SwinTransformerBlock(nn.Module):
             x = torch.roll(x, shifts=(s, s), dims=(1, 2))
         x = x[:, :h, :w, :].reshape(b, h * w, c)
         x = shortcut + self.drop_path(x)
+        return x + self.drop_path(self.mlp(self.norm2(x)))
+
+    def _forward_padded(self, x: Tensor, h: int, w: int, attn_mask: Optional[Tensor]) -> Tensor:
+        """`forward` for a map that is not a multiple of the window size, without the padded tokens' linear
+        layers: the same maths, less work.
+
+        The official block zero-pads after norm1, so a padded token's q, k, v are exactly the qkv bias
+        (0 @ W + b); its own output is cut off before the residual. So qkv runs on the h*w real tokens only
+        (the padding is filled with the bias), and proj, a per-token linear layer, runs after the windows are
+        put back and cropped. At 480x480 this skips 31 % of the qkv/proj rows in Swin-B's stage 3 (30x30
+        padded to 36x36) and 61 % in stage 4 (15x15 to 24x24). Outputs agree with the padded form to
+        float rounding (tests/test_swin.py).
+        """
+        b, _, c = x.shape
+        ws, s = self.window_size, self.shift_size
+        hp, wp = math.ceil(h / ws) * ws, math.ceil(w / ws) * ws
+        shortcut = x
+        qkv = self.attn.qkv(self.norm1(x)).view(b, h, w, 3 * c)
+        bias = self.attn.qkv.bias
+        fill = (bias if bias is not None else qkv.new_zeros(3 * c)).to(qkv.dtype).view(1, 1, 1, 3 * c)
+        # torch.cat of the bias expanded (not an in-place fill) so tracing/ONNX export and autograd see it
+        if wp > w:
+            qkv = torch.cat([qkv, fill.expand(b, h, wp - w, 3 * c)], dim=2)
+        if hp > h:
+            qkv = torch.cat([qkv, fill.expand(b, hp - h, wp, 3 * c)], dim=1)
+        mask = None
+        if s > 0:
+            qkv = torch.roll(qkv, shifts=(-s, -s), dims=(1, 2))
+            mask = attn_mask if attn_mask is not None else shifted_window_mask(hp, wp, ws, s, device=x.device)
+        heads = self.attn.attend(window_partition(qkv, ws).view(-1, ws * ws, 3 * c), mask=mask)
+        y = window_reverse(heads.view(-1, ws, ws, c), ws, hp, wp)
+        if s > 0:
+            y = torch.roll(y, shifts=(s, s), dims=(1, 2))
+        y = self.attn.proj(y[:, :h, :w, :].reshape(b, h * w, c))
+        x = shortcut + self.drop_path(y)
         return x + self.drop_path(self.mlp(self.norm2(x)))
 
 
