@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from mabp.config import PixelDecoderConfig
-from mabp.modeling.ms_deform_attn import MSDeformAttn, ms_deform_attn_core, ms_deform_attn_core_grid_sample
+from mabp.modeling.ms_deform_attn import (MSDeformAttn, ms_deform_attn_core, ms_deform_attn_core_grid_sample,
+                                          ms_deform_attn_core_grid_sample_export)
 from mabp.modeling.pixel_decoder import MSDeformAttnPixelDecoder
 
 MANIFEST = Path(__file__).resolve().parent / "data" / "mabp_official_state_dict.json"  # facts: keys, shapes
@@ -63,7 +64,8 @@ def _naive_core(
     return out
 
 
-@pytest.mark.parametrize("core", [ms_deform_attn_core, ms_deform_attn_core_grid_sample])
+@pytest.mark.parametrize("core", [ms_deform_attn_core, ms_deform_attn_core_grid_sample,
+                                  ms_deform_attn_core_grid_sample_export])
 def test_core_matches_naive(core) -> None:
     g = torch.Generator().manual_seed(0)
     shapes = [(3, 4), (2, 3), (1, 2)]
@@ -139,13 +141,14 @@ def test_embedding_bag_core_equals_grid_sample_core_with_gradients() -> None:
     loc[0, :6] = torch.tensor([0.0, 1.0, 0.5, -0.1, 1.1, 0.25], dtype=torch.float64).view(6, 1, 1, 1, 1)
     attw = torch.rand(b, lq, m, len(shapes), p, generator=g, dtype=torch.float64)
     results = []
-    for core in (ms_deform_attn_core, ms_deform_attn_core_grid_sample):
+    for core in (ms_deform_attn_core, ms_deform_attn_core_grid_sample, ms_deform_attn_core_grid_sample_export):
         v, lc, a = (t.clone().requires_grad_() for t in (value, loc, attw))
         out = core(v, shapes, lc, a)
         (out * torch.linspace(-1, 1, out.numel(), dtype=out.dtype).view_as(out)).sum().backward()
         results.append((out, v.grad, lc.grad, a.grad))
-    for fast, ref in zip(*results):
-        torch.testing.assert_close(fast, ref, atol=1e-9, rtol=1e-9)
+    for other in results[1:]:
+        for fast, ref in zip(results[0], other):
+            torch.testing.assert_close(fast, ref, atol=1e-9, rtol=1e-9)
 
 
 def test_core_non_finite_locations_read_zeros() -> None:
