@@ -3,7 +3,8 @@
 # mixed val, photo val / testA / testB, shapes val / testA, first N expressions of each, official protocol.
 #   bash scripts/evaluate_shipped.sh CHECKPOINT OUT_DIR [THREADS]
 # Writes OUT_DIR/<split>/{results.json,report.md,per_sample.jsonl} and prints one summary line per split.
-# ~3-4 min on 2 CPU cores for the lite model; LIMIT=N evaluates the first N of every split instead. The photo world needs its Debian packages (scripts/setup.sh).
+# ~3.5 min on 2 CPU cores for the lite model; LIMIT=N evaluates the first N of every split instead.
+# The photo world needs its Debian packages (scripts/setup.sh).
 set -euo pipefail
 if [[ $# -lt 2 ]]; then
   echo "usage: bash scripts/evaluate_shipped.sh CHECKPOINT OUT_DIR [THREADS]" >&2

@@ -221,43 +221,19 @@ class SwinTransformerBlock(nn.Module):
         self.mlp = Mlp(dim, int(dim * mlp_ratio))
 
     def forward(self, x: Tensor, h: int, w: int, attn_mask: Optional[Tensor] = None) -> Tensor:
+        """The official block's maths, without the padded tokens' linear layers.
+
+        The official block zero-pads after norm1, so a padded token's q, k, v are exactly the qkv bias
+        (0 @ W + b), and its own output is cut off before the residual. So qkv runs on the h*w real tokens
+        only (the padding is filled with the bias), and proj, a per-token linear layer, runs after the
+        windows are put back and cropped. At 480x480 this skips 31 % of the qkv/proj rows in Swin-B's
+        stage 3 (30x30 padded to 36x36) and 61 % in stage 4 (15x15 to 24x24); maps that need no padding
+        do the same work as before. Outputs agree with the all-padded form to float rounding
+        (tests/test_swin.py).
+        """
         b, length, c = x.shape
         if length != h * w:
             raise ValueError(f"token count {length} != {h}x{w}")
-        ws, s = self.window_size, self.shift_size
-        if h % ws or w % ws:
-            return self._forward_padded(x, h, w, attn_mask)
-        shortcut = x
-        x = pad_to_window(self.norm1(x).view(b, h, w, c), ws)
-        hp, wp = x.shape[1], x.shape[2]
-        if s > 0:
-            x = torch.roll(x, shifts=(-s, -s), dims=(1, 2))
-            mask = attn_mask
-            if mask is None:  # convenience for standalone use; layers pass a precomputed mask
-                mask = shifted_window_mask(hp, wp, ws, s, device=x.device)
-        else:
-            mask = None
-        windows = window_partition(x, ws).view(-1, ws * ws, c)
-        windows = self.attn(windows, mask=mask)
-        x = window_reverse(windows.view(-1, ws, ws, c), ws, hp, wp)
-        if s > 0:
-            x = torch.roll(x, shifts=(s, s), dims=(1, 2))
-        x = x[:, :h, :w, :].reshape(b, h * w, c)
-        x = shortcut + self.drop_path(x)
-        return x + self.drop_path(self.mlp(self.norm2(x)))
-
-    def _forward_padded(self, x: Tensor, h: int, w: int, attn_mask: Optional[Tensor]) -> Tensor:
-        """`forward` for a map that is not a multiple of the window size, without the padded tokens' linear
-        layers: the same maths, less work.
-
-        The official block zero-pads after norm1, so a padded token's q, k, v are exactly the qkv bias
-        (0 @ W + b); its own output is cut off before the residual. So qkv runs on the h*w real tokens only
-        (the padding is filled with the bias), and proj, a per-token linear layer, runs after the windows are
-        put back and cropped. At 480x480 this skips 31 % of the qkv/proj rows in Swin-B's stage 3 (30x30
-        padded to 36x36) and 61 % in stage 4 (15x15 to 24x24). Outputs agree with the padded form to
-        float rounding (tests/test_swin.py).
-        """
-        b, _, c = x.shape
         ws, s = self.window_size, self.shift_size
         hp, wp = math.ceil(h / ws) * ws, math.ceil(w / ws) * ws
         shortcut = x
@@ -272,7 +248,9 @@ class SwinTransformerBlock(nn.Module):
         mask = None
         if s > 0:
             qkv = torch.roll(qkv, shifts=(-s, -s), dims=(1, 2))
-            mask = attn_mask if attn_mask is not None else shifted_window_mask(hp, wp, ws, s, device=x.device)
+            mask = attn_mask
+            if mask is None:  # convenience for standalone use; layers pass a precomputed mask
+                mask = shifted_window_mask(hp, wp, ws, s, device=x.device)
         heads = self.attn.attend(window_partition(qkv, ws).view(-1, ws * ws, 3 * c), mask=mask)
         y = window_reverse(heads.view(-1, ws, ws, c), ws, hp, wp)
         if s > 0:
