@@ -44,6 +44,10 @@ from .modeling.visual_graph import VisualGraph
 
 VISUAL_NAMES = ("v0", "v1", "v2", "v3")
 TEXT_NAMES = ("input_ids", "attention_mask")
+# onnxruntime graph rewrites left out. SkipLayerNormFusion turns Add + LayerNormalization into its
+# SkipLayerNormalization kernel, which measured ~8x slower per element than the two ops it replaces on the
+# pixel decoder's (1, 4725, 256) maps (paper at 480x480: 2.4 ms per norm, 29 ms per expression).
+DISABLED_OPTIMIZERS = ["SkipLayerNormFusion"]
 
 
 class FastPathUnavailable(RuntimeError):
@@ -168,12 +172,13 @@ class OnnxFastPath:
         t0 = time.perf_counter()
         # The image graph runs once per image, right before expressions: its threads must not busy-wait
         # into the expression run (2 pools on 2 cores); the expression graph's may (~15 % faster).
-        sessions = [ort.InferenceSession(b, _session_options(threads, spinning=spin),
-                                         providers=["CPUExecutionProvider"])
+        sessions = [ort.InferenceSession(b, _session_options(threads, spinning=spin), providers=["CPUExecutionProvider"],
+                                         disabled_optimizers=DISABLED_OPTIMIZERS)
                     for b, spin in ((visual_bytes, False), (expression_bytes, True))]
         single = None
         if concurrent and threads > 1:
-            single = ort.InferenceSession(expression_bytes, _session_options(1), providers=["CPUExecutionProvider"])
+            single = ort.InferenceSession(expression_bytes, _session_options(1), providers=["CPUExecutionProvider"],
+                                          disabled_optimizers=DISABLED_OPTIMIZERS)
         load_s = time.perf_counter() - t0
         shapes = {"images": tuple(images.shape), **{n: tuple(t.shape) for n, t in zip(VISUAL_NAMES, maps)},
                   "input_ids": tuple(ids.shape), "attention_mask": tuple(mask.shape)}

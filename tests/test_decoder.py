@@ -30,7 +30,10 @@ def test_window_geometry_matches_reference_table_at_480(size, queries, pads, pad
     assert geo.padded_h == padded and geo.win_h == ws
 
 
-def test_windowed_logits_equal_naive_per_window_dot_products():
+@pytest.mark.parametrize("onnx_export", [False, True])
+def test_windowed_logits_equal_naive_per_window_dot_products(onnx_export, monkeypatch):
+    """Both forms: bmm (eager) and gather + reduce (inside an ONNX export)."""
+    monkeypatch.setattr(torch.onnx, "is_in_onnx_export", lambda: onnx_export)
     torch.manual_seed(1)
     b, c, h, w, q = 2, 5, 15, 13, 16
     feat = torch.randn(b, c, h, w)

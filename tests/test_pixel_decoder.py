@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from mabp.config import PixelDecoderConfig
-from mabp.modeling.ms_deform_attn import (MSDeformAttn, ms_deform_attn_core, ms_deform_attn_core_grid_sample,
-                                          ms_deform_attn_core_grid_sample_export)
+from mabp.modeling.ms_deform_attn import (MSDeformAttn, export_layout, ms_deform_attn_core,
+                                          ms_deform_attn_core_export, ms_deform_attn_core_grid_sample)
 from mabp.modeling.pixel_decoder import MSDeformAttnPixelDecoder
 
 MANIFEST = Path(__file__).resolve().parent / "data" / "mabp_official_state_dict.json"  # facts: keys, shapes
@@ -64,8 +64,13 @@ def _naive_core(
     return out
 
 
+def ms_deform_attn_core_export_std(value, spatial_shapes, sampling_locations, attention_weights):
+    """The ONNX-export core called with the standard layouts."""
+    return ms_deform_attn_core_export(value, spatial_shapes, *export_layout(sampling_locations, attention_weights))
+
+
 @pytest.mark.parametrize("core", [ms_deform_attn_core, ms_deform_attn_core_grid_sample,
-                                  ms_deform_attn_core_grid_sample_export])
+                                  ms_deform_attn_core_export_std])
 def test_core_matches_naive(core) -> None:
     g = torch.Generator().manual_seed(0)
     shapes = [(3, 4), (2, 3), (1, 2)]
@@ -129,6 +134,26 @@ def test_module_training_path_equals_inference_path() -> None:
     torch.testing.assert_close(training.detach(), inference, atol=1e-5, rtol=1e-5)
 
 
+def test_module_export_path_equals_inference_path(monkeypatch) -> None:
+    """Inside an ONNX export MSDeformAttn folds 2 / (W, H) into the offsets' linear layer and adds the
+    reference points in the export layout (`_export_grids`): same outputs as the eager path."""
+    torch.manual_seed(3)
+    shapes = [(6, 5), (3, 3), (2, 2)]
+    attn = MSDeformAttn(16, n_levels=3, n_heads=4, n_points=2)
+    with torch.no_grad():
+        attn.sampling_offsets.weight.normal_(0, 0.5)
+        attn.sampling_offsets.bias.normal_(0, 2.0)
+        attn.attention_weights.weight.normal_(0, 0.5)
+    lin = sum(h * w for h, w in shapes)
+    query, inp = torch.randn(2, lin, 16), torch.randn(2, lin, 16)
+    ref_pts, ss = torch.rand(2, lin, 3, 2), torch.tensor(shapes)
+    with torch.no_grad():
+        eager = attn(query, ref_pts, inp, ss)
+        monkeypatch.setattr(torch.onnx, "is_in_onnx_export", lambda: True)
+        exported = attn(query, ref_pts, inp, ss)
+    torch.testing.assert_close(exported, eager, atol=1e-5, rtol=1e-5)
+
+
 def test_embedding_bag_core_equals_grid_sample_core_with_gradients() -> None:
     """The fast core and the official grid_sample maths agree in value and in all three gradients,
     including points exactly on pixel centres, on the borders and outside the maps."""
@@ -141,7 +166,7 @@ def test_embedding_bag_core_equals_grid_sample_core_with_gradients() -> None:
     loc[0, :6] = torch.tensor([0.0, 1.0, 0.5, -0.1, 1.1, 0.25], dtype=torch.float64).view(6, 1, 1, 1, 1)
     attw = torch.rand(b, lq, m, len(shapes), p, generator=g, dtype=torch.float64)
     results = []
-    for core in (ms_deform_attn_core, ms_deform_attn_core_grid_sample, ms_deform_attn_core_grid_sample_export):
+    for core in (ms_deform_attn_core, ms_deform_attn_core_grid_sample, ms_deform_attn_core_export_std):
         v, lc, a = (t.clone().requires_grad_() for t in (value, loc, attw))
         out = core(v, shapes, lc, a)
         (out * torch.linspace(-1, 1, out.numel(), dtype=out.dtype).view_as(out)).sum().backward()

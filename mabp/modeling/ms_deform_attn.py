@@ -178,28 +178,51 @@ def ms_deform_attn_core_grid_sample(
     return out.view(b, n_heads * d_head, lq).transpose(1, 2).contiguous()
 
 
-def ms_deform_attn_core_grid_sample_export(
+def export_layout(sampling_locations: torch.Tensor, attention_weights: torch.Tensor
+                  ) -> Tuple[torch.Tensor, torch.Tensor]:
+    """The standard layouts turned into the ones `ms_deform_attn_core_export` reads.
+
+    sampling_locations (B, Lq, heads, L, P, 2) in [0, 1] -> grids (B, L, heads, P, Lq, 2) in grid_sample's
+    [-1, 1]; attention_weights (B, Lq, heads, L, P) -> (B, L, heads, P, Lq).
+    """
+    grids = (2.0 * sampling_locations - 1.0).permute(0, 3, 2, 4, 1, 5)
+    return grids, attention_weights.permute(0, 3, 2, 4, 1)
+
+
+def ms_deform_attn_core_export(
     value: torch.Tensor,
     spatial_shapes: SpatialShapes,
-    sampling_locations: torch.Tensor,
+    grids: torch.Tensor,
     attention_weights: torch.Tensor,
 ) -> torch.Tensor:
-    """`ms_deform_attn_core_grid_sample` with the weighted sum taken level by level: the form exported to
-    ONNX (mabp/fast_path.py).
+    """The deformable sum in the form exported to ONNX (mabp/fast_path.py): one GridSample per level.
 
-    The same sum in another order (float rounding apart): each level's samples are weighted and summed over
-    the points, then the levels are added, so the (B*heads, d, Lq, L*P) stack is never built. In ONNX Runtime
-    that stack is a Concat of ~7 ms per encoder layer of `paper` at 480x480 (docs/performance.md). Training
-    keeps the stacked form, which measured faster there. Same arguments and result as `ms_deform_attn_core`.
+    Args:
+        value: (B, sum_l H_l*W_l, heads, d).
+        spatial_shapes: (L, 2) (H, W) per level.
+        grids: (B, L, heads, P, Lq, 2) sampling points in grid_sample's [-1, 1] coordinates
+            (align_corners=False), i.e. 2 * location - 1 (`export_layout`).
+        attention_weights: (B, L, heads, P, Lq).
+    Returns:
+        (B, Lq, heads * d), the same sums as `ms_deform_attn_core` (float rounding apart).
+
+    The layouts are chosen for ONNX Runtime's CPU kernels (paper at 480x480, docs/performance.md): the
+    points axis sits before the queries, so each level's weighted sum over its points is a reduction over a
+    middle axis with a long contiguous inner span (Lq) instead of a 4-long last axis, and the levels are
+    summed one by one, so no (B*heads, d, Lq, L*P) stack is built.
     """
     b, _, n_heads, d_head = value.shape
-    _, lq, _, n_levels, n_points, _ = sampling_locations.shape
-    sampled = _grid_sample_levels(value, _shapes_as_list(spatial_shapes), sampling_locations)
-    # (B, Lq, heads, L, P) -> (B*heads, 1, Lq, L, P) to broadcast over the channel dim.
-    weights = attention_weights.transpose(1, 2).reshape(b * n_heads, 1, lq, n_levels, n_points)
-    out = (sampled[0] * weights[..., 0, :]).sum(-1)  # (B*heads, d, Lq)
-    for lvl in range(1, n_levels):
-        out = out + (sampled[lvl] * weights[..., lvl, :]).sum(-1)
+    _, n_levels, _, n_points, lq, _ = grids.shape
+    shapes = _shapes_as_list(spatial_shapes)
+    value_per_level = value.split([h * w for h, w in shapes], dim=1)
+    out = None
+    for lvl, (h, w) in enumerate(shapes):
+        # (B, HW, heads, d) -> (B*heads, d, H, W): each head samples its own slice of channels.
+        v = value_per_level[lvl].flatten(2).transpose(1, 2).reshape(b * n_heads, d_head, h, w)
+        sampled = F.grid_sample(v, grids[:, lvl].reshape(b * n_heads, n_points, lq, 2), mode="bilinear",
+                                padding_mode="zeros", align_corners=False)  # (B*heads, d, P, Lq)
+        term = (sampled * attention_weights[:, lvl].reshape(b * n_heads, 1, n_points, lq)).sum(2)
+        out = term if out is None else out + term
     return out.view(b, n_heads * d_head, lq).transpose(1, 2).contiguous()
 
 
@@ -245,6 +268,24 @@ class MSDeformAttn(nn.Module):
         nn.init.xavier_uniform_(self.output_proj.weight)
         nn.init.zeros_(self.output_proj.bias)
 
+    def _export_grids(self, query: torch.Tensor, reference_points: torch.Tensor,
+                      shapes: List[Tuple[int, int]]) -> torch.Tensor:
+        """Sampling points for `ms_deform_attn_core_export`: (B, L, heads, P, Lq, 2) in [-1, 1].
+
+        query (B, Lq, d_model); reference_points (B, Lq, L, 2) in [0, 1]. The same points as
+        `forward`'s 2 * (ref + offsets / (W, H)) - 1, with the per-level 2 / (W, H) folded into the
+        offsets' linear layer (a constant at export) and the reference points added after the
+        permutation, where they broadcast over whole (Lq, 2) planes: in ONNX Runtime the division and the
+        (.., 1, L, 1, 2) broadcast add cost ~4.4 ms per encoder layer of paper at 480x480.
+        """
+        b, lq, _ = query.shape
+        scale = torch.tensor([[2.0 / w, 2.0 / h] for h, w in shapes], dtype=query.dtype, device=query.device)
+        scale = scale.view(1, self.n_levels, 1, 2).expand(self.n_heads, -1, self.n_points, -1).reshape(-1)
+        layer = self.sampling_offsets
+        offsets = F.linear(query, layer.weight * scale[:, None], layer.bias * scale)
+        offsets = offsets.view(b, lq, self.n_heads, self.n_levels, self.n_points, 2).permute(0, 3, 2, 4, 1, 5)
+        return offsets + (2.0 * reference_points - 1.0).permute(0, 2, 1, 3)[:, :, None, None]
+
     def forward(
         self,
         query: torch.Tensor,
@@ -282,18 +323,18 @@ class MSDeformAttn(nn.Module):
         weights = F.softmax(logits.t(), 0).t().view(b, lq, self.n_heads, self.n_levels, self.n_points)
 
         training = torch.is_grad_enabled() and (value.requires_grad or offsets.requires_grad)
-        if reference_points.shape[-1] == 2 and (training or torch.onnx.is_in_onnx_export()):
+        if reference_points.shape[-1] == 2 and torch.onnx.is_in_onnx_export():
+            grids = self._export_grids(query, reference_points, _shapes_as_list(spatial_shapes))
+            out = ms_deform_attn_core_export(value, spatial_shapes, grids, weights.permute(0, 3, 2, 4, 1))
+        elif reference_points.shape[-1] == 2 and training:
             # Training: the embedding_bag core's backward sorts every corner index (~400 ms per layer
             # for lite at batch 8 on 2 cores); grid_sample's backward scatters per (batch, head)
             # plane and the whole fwd+bwd is ~2x faster (benchmarks/profile_train_step.py). Same sums.
-            # ONNX export takes it too: GridSample is an ONNX op, embedding_bag has no mapping.
             offset_normalizer = torch.as_tensor(_shapes_as_list(spatial_shapes), dtype=offsets.dtype,
                                                 device=offsets.device).flip(-1)  # (L, 2) as (W, H)
             locations = (reference_points[:, :, None, :, None, :]
                          + offsets / offset_normalizer[None, None, None, :, None, :])
-            core = (ms_deform_attn_core_grid_sample_export if torch.onnx.is_in_onnx_export()
-                    else ms_deform_attn_core_grid_sample)
-            out = core(value, spatial_shapes, locations, weights)
+            out = ms_deform_attn_core_grid_sample(value, spatial_shapes, locations, weights)
         elif reference_points.shape[-1] == 2:
             # Offsets are predicted in pixels of each level. The official code normalises them by
             # (W, H) and grid_sample multiplies back; working in pixels directly is the same sum

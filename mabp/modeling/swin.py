@@ -11,6 +11,7 @@ Layout conventions used throughout: token sequences are (B, H*W, C) in row-major
 """
 from __future__ import annotations
 
+import functools
 import math
 import warnings
 from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple, Union
@@ -30,6 +31,7 @@ __all__ = [
     "window_reverse",
     "pad_to_window",
     "shifted_window_mask",
+    "window_order",
     "relative_position_index",
     "DropPath",
     "Mlp",
@@ -103,6 +105,37 @@ def shifted_window_mask(hp: int, wp: int, window_size: int, shift_size: int,
     diff = mask_windows.unsqueeze(1) - mask_windows.unsqueeze(2)  # (nW, N, N)
     mask = torch.zeros_like(diff).masked_fill(diff != 0, MASK_VALUE)
     return mask.to(dtype)
+
+
+@functools.lru_cache(maxsize=64)
+def _window_order_cpu(h: int, w: int, window_size: int, shift_size: int) -> Tuple[Tensor, Tensor]:
+    grid = torch.full((math.ceil(h / window_size) * window_size, math.ceil(w / window_size) * window_size),
+                      h * w, dtype=torch.long)
+    grid[:h, :w] = torch.arange(h * w).view(h, w)
+    if shift_size:
+        grid = torch.roll(grid, shifts=(-shift_size, -shift_size), dims=(0, 1))
+    order = window_partition(grid[None, :, :, None], window_size).reshape(-1)
+    real = (order < h * w).nonzero().squeeze(1)
+    inverse = torch.empty(h * w, dtype=torch.long)
+    inverse[order[real]] = real
+    return order, inverse
+
+
+def window_order(h: int, w: int, window_size: int, shift_size: int = 0,
+                 device: Optional[torch.device] = None) -> Tuple[Tensor, Tensor]:
+    """Token indices that turn pad -> roll(-shift) -> `window_partition` into one gather, and back.
+
+    Returns (order, inverse), both int64:
+        order (hp*wp,): for each slot of the windows (windows row-major, tokens row-major inside each) the
+            row-major index of its token in the h x w map, or h*w for a padded slot;
+        inverse (h*w,): for each token of the map its slot in `order` (the crop of `window_reverse` ->
+            roll(+shift)).
+    So `cat([tokens, pad_row]).index_select(0, order)` is window_partition(roll(pad(map), -shift)) flattened,
+    and `windows.index_select(0, inverse)` undoes it for the real tokens. Cached per size (CPU), moved to
+    `device` on use.
+    """
+    order, inverse = _window_order_cpu(int(h), int(w), int(window_size), int(shift_size))
+    return order.to(device or "cpu"), inverse.to(device or "cpu")
 
 
 # ----------------------------------------------------------------------------------------- building blocks
@@ -221,41 +254,37 @@ class SwinTransformerBlock(nn.Module):
         self.mlp = Mlp(dim, int(dim * mlp_ratio))
 
     def forward(self, x: Tensor, h: int, w: int, attn_mask: Optional[Tensor] = None) -> Tensor:
-        """The official block's maths, without the padded tokens' linear layers.
+        """The official block's maths, without the padded tokens' linear layers and with the window
+        shuffles as gathers.
 
         The official block zero-pads after norm1, so a padded token's q, k, v are exactly the qkv bias
         (0 @ W + b), and its own output is cut off before the residual. So qkv runs on the h*w real tokens
-        only (the padding is filled with the bias), and proj, a per-token linear layer, runs after the
-        windows are put back and cropped. At 480x480 this skips 31 % of the qkv/proj rows in Swin-B's
-        stage 3 (30x30 padded to 36x36) and 61 % in stage 4 (15x15 to 24x24); maps that need no padding
-        do the same work as before. Outputs agree with the all-padded form to float rounding
-        (tests/test_swin.py).
+        plus one zero token (its row is the bias every padded slot reads), and proj, a per-token linear
+        layer, runs after the windows are put back and cropped. At 480x480 this skips 31 % of the qkv/proj
+        rows in Swin-B's stage 3 (30x30 padded to 36x36) and 61 % in stage 4 (15x15 to 24x24).
+        Pad -> roll -> window_partition is one index_select of the qkv rows and window_reverse -> roll ->
+        crop another (`window_order`): the same values moved once instead of four to five times (in ONNX
+        Runtime the Slice/Concat of each roll and the Transposes cost ~30 ms of paper's 480x480 visual
+        pass). Outputs equal the all-padded form to float rounding (tests/test_swin.py).
         """
         b, length, c = x.shape
         if length != h * w:
             raise ValueError(f"token count {length} != {h}x{w}")
         ws, s = self.window_size, self.shift_size
-        hp, wp = math.ceil(h / ws) * ws, math.ceil(w / ws) * ws
+        order, inverse = window_order(h, w, ws, s, device=x.device)
         shortcut = x
-        qkv = self.attn.qkv(self.norm1(x)).view(b, h, w, 3 * c)
-        bias = self.attn.qkv.bias
-        fill = (bias if bias is not None else qkv.new_zeros(3 * c)).to(qkv.dtype).view(1, 1, 1, 3 * c)
-        # torch.cat of the bias expanded (not an in-place fill) so tracing/ONNX export and autograd see it
-        if wp > w:
-            qkv = torch.cat([qkv, fill.expand(b, h, wp - w, 3 * c)], dim=2)
-        if hp > h:
-            qkv = torch.cat([qkv, fill.expand(b, hp - h, wp, 3 * c)], dim=1)
+        xn = self.norm1(x)
+        if order.numel() > h * w:  # padded slots read the qkv of a zero token: the bias
+            xn = torch.cat([xn, xn.new_zeros(b, 1, c)], dim=1)
+        qkv = self.attn.qkv(xn).index_select(1, order).view(-1, ws * ws, 3 * c)
         mask = None
         if s > 0:
-            qkv = torch.roll(qkv, shifts=(-s, -s), dims=(1, 2))
             mask = attn_mask
             if mask is None:  # convenience for standalone use; layers pass a precomputed mask
+                hp, wp = math.ceil(h / ws) * ws, math.ceil(w / ws) * ws
                 mask = shifted_window_mask(hp, wp, ws, s, device=x.device)
-        heads = self.attn.attend(window_partition(qkv, ws).view(-1, ws * ws, 3 * c), mask=mask)
-        y = window_reverse(heads.view(-1, ws, ws, c), ws, hp, wp)
-        if s > 0:
-            y = torch.roll(y, shifts=(s, s), dims=(1, 2))
-        y = self.attn.proj(y[:, :h, :w, :].reshape(b, h * w, c))
+        heads = self.attn.attend(qkv, mask=mask)  # (B*nW, ws*ws, C)
+        y = self.attn.proj(heads.view(b, -1, c).index_select(1, inverse))
         x = shortcut + self.drop_path(y)
         return x + self.drop_path(self.mlp(self.norm2(x)))
 
