@@ -182,11 +182,11 @@ def export_layout(sampling_locations: torch.Tensor, attention_weights: torch.Ten
                   ) -> Tuple[torch.Tensor, torch.Tensor]:
     """The standard layouts turned into the ones `ms_deform_attn_core_export` reads.
 
-    sampling_locations (B, Lq, heads, L, P, 2) in [0, 1] -> grids (B, L, heads, P, Lq, 2) in grid_sample's
-    [-1, 1]; attention_weights (B, Lq, heads, L, P) -> (B, L, heads, P, Lq).
+    sampling_locations (B, Lq, heads, L, P, 2) in [0, 1] -> grids (B, heads, L, P, Lq, 2) in grid_sample's
+    [-1, 1]; attention_weights (B, Lq, heads, L, P) -> (B, heads, L, P, Lq).
     """
-    grids = (2.0 * sampling_locations - 1.0).permute(0, 3, 2, 4, 1, 5)
-    return grids, attention_weights.permute(0, 3, 2, 4, 1)
+    grids = (2.0 * sampling_locations - 1.0).permute(0, 2, 3, 4, 1, 5)
+    return grids, attention_weights.permute(0, 2, 3, 4, 1)
 
 
 def ms_deform_attn_core_export(
@@ -200,28 +200,29 @@ def ms_deform_attn_core_export(
     Args:
         value: (B, sum_l H_l*W_l, heads, d).
         spatial_shapes: (L, 2) (H, W) per level.
-        grids: (B, L, heads, P, Lq, 2) sampling points in grid_sample's [-1, 1] coordinates
+        grids: (B, heads, L, P, Lq, 2) sampling points in grid_sample's [-1, 1] coordinates
             (align_corners=False), i.e. 2 * location - 1 (`export_layout`).
-        attention_weights: (B, L, heads, P, Lq).
+        attention_weights: (B, heads, L, P, Lq).
     Returns:
         (B, Lq, heads * d), the same sums as `ms_deform_attn_core` (float rounding apart).
 
     The layouts are chosen for ONNX Runtime's CPU kernels (paper at 480x480, docs/performance.md): the
     points axis sits before the queries, so each level's weighted sum over its points is a reduction over a
     middle axis with a long contiguous inner span (Lq) instead of a 4-long last axis, and the levels are
-    summed one by one, so no (B*heads, d, Lq, L*P) stack is built.
+    summed one by one, so no (B*heads, d, Lq, L*P) stack is built. Both inputs come out of the query's
+    linear layers as (B, Lq, heads*L*P[*2]); these layouts are one swap of Lq with heads*L*P away.
     """
     b, _, n_heads, d_head = value.shape
-    _, n_levels, _, n_points, lq, _ = grids.shape
+    _, _, n_levels, n_points, lq, _ = grids.shape
     shapes = _shapes_as_list(spatial_shapes)
     value_per_level = value.split([h * w for h, w in shapes], dim=1)
     out = None
     for lvl, (h, w) in enumerate(shapes):
         # (B, HW, heads, d) -> (B*heads, d, H, W): each head samples its own slice of channels.
         v = value_per_level[lvl].flatten(2).transpose(1, 2).reshape(b * n_heads, d_head, h, w)
-        sampled = F.grid_sample(v, grids[:, lvl].reshape(b * n_heads, n_points, lq, 2), mode="bilinear",
+        sampled = F.grid_sample(v, grids[:, :, lvl].reshape(b * n_heads, n_points, lq, 2), mode="bilinear",
                                 padding_mode="zeros", align_corners=False)  # (B*heads, d, P, Lq)
-        term = (sampled * attention_weights[:, lvl].reshape(b * n_heads, 1, n_points, lq)).sum(2)
+        term = (sampled * attention_weights[:, :, lvl].reshape(b * n_heads, 1, n_points, lq)).sum(2)
         out = term if out is None else out + term
     return out.view(b, n_heads * d_head, lq).transpose(1, 2).contiguous()
 
@@ -270,7 +271,7 @@ class MSDeformAttn(nn.Module):
 
     def _export_grids(self, query: torch.Tensor, reference_points: torch.Tensor,
                       shapes: List[Tuple[int, int]]) -> torch.Tensor:
-        """Sampling points for `ms_deform_attn_core_export`: (B, L, heads, P, Lq, 2) in [-1, 1].
+        """Sampling points for `ms_deform_attn_core_export`: (B, heads, L, P, Lq, 2) in [-1, 1].
 
         query (B, Lq, d_model); reference_points (B, Lq, L, 2) in [0, 1]. The same points as
         `forward`'s 2 * (ref + offsets / (W, H)) - 1, with the per-level 2 / (W, H) folded into the
@@ -283,8 +284,8 @@ class MSDeformAttn(nn.Module):
         scale = scale.view(1, self.n_levels, 1, 2).expand(self.n_heads, -1, self.n_points, -1).reshape(-1)
         layer = self.sampling_offsets
         offsets = F.linear(query, layer.weight * scale[:, None], layer.bias * scale)
-        offsets = offsets.view(b, lq, self.n_heads, self.n_levels, self.n_points, 2).permute(0, 3, 2, 4, 1, 5)
-        return offsets + (2.0 * reference_points - 1.0).permute(0, 2, 1, 3)[:, :, None, None]
+        offsets = offsets.view(b, lq, -1, 2).transpose(1, 2).reshape(b, self.n_heads, self.n_levels, self.n_points, lq, 2)
+        return offsets + (2.0 * reference_points - 1.0).permute(0, 2, 1, 3)[:, None, :, None]
 
     def forward(
         self,
@@ -325,7 +326,8 @@ class MSDeformAttn(nn.Module):
         training = torch.is_grad_enabled() and (value.requires_grad or offsets.requires_grad)
         if reference_points.shape[-1] == 2 and torch.onnx.is_in_onnx_export():
             grids = self._export_grids(query, reference_points, _shapes_as_list(spatial_shapes))
-            out = ms_deform_attn_core_export(value, spatial_shapes, grids, weights.permute(0, 3, 2, 4, 1))
+            weights = weights.reshape(b, lq, -1).transpose(1, 2).reshape(b, self.n_heads, self.n_levels, self.n_points, lq)
+            out = ms_deform_attn_core_export(value, spatial_shapes, grids, weights)
         elif reference_points.shape[-1] == 2 and training:
             # Training: the embedding_bag core's backward sorts every corner index (~400 ms per layer
             # for lite at batch 8 on 2 cores); grid_sample's backward scatters per (batch, head)
