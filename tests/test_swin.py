@@ -439,3 +439,14 @@ def test_swin_b_forward_small_input():
         out = model(images, lang, mask)
     assert out["res5"].shape == (1, 1024, 2, 3)
     assert out["res2"].shape == (1, 128, 16, 24)
+
+
+def test_window_order_cache_made_under_inference_mode_serves_training():
+    """The cached gather indices are ordinary tensors even when first built under torch.inference_mode
+    (the predictor's mode), so a later training step can save them for backward."""
+    blk = SwinTransformerBlock(dim=8, num_heads=2, window_size=4, shift_size=2)
+    with torch.inference_mode():
+        blk(torch.randn(1, 7 * 9, 8), 7, 9)
+    x = torch.randn(1, 7 * 9, 8, requires_grad=True)
+    blk(x, 7, 9).sum().backward()
+    assert x.grad is not None and torch.isfinite(x.grad).all()

@@ -108,6 +108,7 @@ def shifted_window_mask(hp: int, wp: int, window_size: int, shift_size: int,
 
 
 @functools.lru_cache(maxsize=64)
+@torch.inference_mode(False)  # cached: a tensor made under inference_mode could not be saved for backward later
 def _window_order_cpu(h: int, w: int, window_size: int, shift_size: int) -> Tuple[Tensor, Tensor]:
     grid = torch.full((math.ceil(h / window_size) * window_size, math.ceil(w / window_size) * window_size),
                       h * w, dtype=torch.long)
