@@ -100,7 +100,8 @@ def main() -> None:
     made = subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(worktree), args.baseline_commit],
                           capture_output=True, text=True)
     if made.returncode:
-        raise SystemExit(f"cannot check out {args.baseline_commit} (a clone with history is needed): {made.stderr.strip()}")
+        raise SystemExit(f"cannot check out {args.baseline_commit} (a clone with history is needed): "
+                         f"{made.stderr.strip()}")
     rows = {"baseline": [], "eager": [], "fast": []}
     try:
         for r in range(args.rounds):
@@ -119,7 +120,8 @@ def main() -> None:
     print(f"| today | ONNX Runtime set_image + predict | {med['fast']:.0f} | "
           f"{', '.join(f'{x:.0f}' for x in rows['fast'])} |")
     ratios = [f / b for f, b in zip(rows["fast"], rows["baseline"])]
-    print(f"\nfast / baseline: {med['fast'] / med['baseline']:.3f} (per round: {', '.join(f'{x:.3f}' for x in ratios)}); "
+    per_round = ", ".join(f"{x:.3f}" for x in ratios)
+    print(f"\nfast / baseline: {med['fast'] / med['baseline']:.3f} (per round: {per_round}); "
           f"eager / baseline: {med['eager'] / med['baseline']:.3f}")
 
 

@@ -172,8 +172,8 @@ class OnnxFastPath:
         t0 = time.perf_counter()
         # The image graph runs once per image, right before expressions: its threads must not busy-wait
         # into the expression run (2 pools on 2 cores); the expression graph's may (~15 % faster).
-        sessions = [ort.InferenceSession(b, _session_options(threads, spinning=spin), providers=["CPUExecutionProvider"],
-                                         disabled_optimizers=DISABLED_OPTIMIZERS)
+        sessions = [ort.InferenceSession(b, _session_options(threads, spinning=spin),
+                                         providers=["CPUExecutionProvider"], disabled_optimizers=DISABLED_OPTIMIZERS)
                     for b, spin in ((visual_bytes, False), (expression_bytes, True))]
         single = None
         if concurrent and threads > 1:

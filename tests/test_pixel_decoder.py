@@ -115,29 +115,9 @@ def test_module_matches_naive() -> None:
     torch.testing.assert_close(got, ref, atol=1e-5, rtol=1e-5)
 
 
-def test_module_training_path_equals_inference_path() -> None:
-    """Under autograd MSDeformAttn samples with grid_sample (faster backward), at inference with the
-    embedding_bag core: the two paths give the same output."""
-    torch.manual_seed(2)
-    shapes = [(6, 5), (3, 3), (2, 2)]
-    attn = MSDeformAttn(16, n_levels=3, n_heads=4, n_points=2)
-    with torch.no_grad():
-        attn.sampling_offsets.weight.normal_(0, 0.5)
-        attn.attention_weights.weight.normal_(0, 0.5)
-    lin = sum(h * w for h, w in shapes)
-    query, inp = torch.randn(2, lin, 16), torch.randn(2, lin, 16)
-    ref_pts, ss = torch.rand(2, lin, 3, 2), torch.tensor(shapes)
-    training = attn(query, ref_pts, inp, ss)
-    assert training.requires_grad
-    with torch.no_grad():
-        inference = attn(query, ref_pts, inp, ss)
-    torch.testing.assert_close(training.detach(), inference, atol=1e-5, rtol=1e-5)
-
-
-def test_module_export_path_equals_inference_path(monkeypatch) -> None:
-    """Inside an ONNX export MSDeformAttn folds 2 / (W, H) into the offsets' linear layer and adds the
-    reference points in the export layout (`_export_grids`): same outputs as the eager path."""
-    torch.manual_seed(3)
+def _attn_with_inputs(seed: int):
+    """A 3-level MSDeformAttn with query-dependent offsets and weights, and inputs for it."""
+    torch.manual_seed(seed)
     shapes = [(6, 5), (3, 3), (2, 2)]
     attn = MSDeformAttn(16, n_levels=3, n_heads=4, n_points=2)
     with torch.no_grad():
@@ -145,12 +125,28 @@ def test_module_export_path_equals_inference_path(monkeypatch) -> None:
         attn.sampling_offsets.bias.normal_(0, 2.0)
         attn.attention_weights.weight.normal_(0, 0.5)
     lin = sum(h * w for h, w in shapes)
-    query, inp = torch.randn(2, lin, 16), torch.randn(2, lin, 16)
-    ref_pts, ss = torch.rand(2, lin, 3, 2), torch.tensor(shapes)
+    return attn, (torch.randn(2, lin, 16), torch.rand(2, lin, 3, 2), torch.randn(2, lin, 16), torch.tensor(shapes))
+
+
+def test_module_training_path_equals_inference_path() -> None:
+    """Under autograd MSDeformAttn samples with grid_sample (faster backward), at inference with the
+    embedding_bag core: the two paths give the same output."""
+    attn, args = _attn_with_inputs(2)
+    training = attn(*args)
+    assert training.requires_grad
     with torch.no_grad():
-        eager = attn(query, ref_pts, inp, ss)
+        inference = attn(*args)
+    torch.testing.assert_close(training.detach(), inference, atol=1e-5, rtol=1e-5)
+
+
+def test_module_export_path_equals_inference_path(monkeypatch) -> None:
+    """Inside an ONNX export MSDeformAttn folds 2 / (W, H) into the offsets' linear layer and adds the
+    reference points in the export layout (`_export_grids`): same outputs as the eager path."""
+    attn, args = _attn_with_inputs(3)
+    with torch.no_grad():
+        eager = attn(*args)
         monkeypatch.setattr(torch.onnx, "is_in_onnx_export", lambda: True)
-        exported = attn(query, ref_pts, inp, ss)
+        exported = attn(*args)
     torch.testing.assert_close(exported, eager, atol=1e-5, rtol=1e-5)
 
 

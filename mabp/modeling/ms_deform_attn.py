@@ -284,7 +284,8 @@ class MSDeformAttn(nn.Module):
         scale = scale.view(1, self.n_levels, 1, 2).expand(self.n_heads, -1, self.n_points, -1).reshape(-1)
         layer = self.sampling_offsets
         offsets = F.linear(query, layer.weight * scale[:, None], layer.bias * scale)
-        offsets = offsets.view(b, lq, -1, 2).transpose(1, 2).reshape(b, self.n_heads, self.n_levels, self.n_points, lq, 2)
+        offsets = offsets.view(b, lq, -1, 2).transpose(1, 2)
+        offsets = offsets.reshape(b, self.n_heads, self.n_levels, self.n_points, lq, 2)
         return offsets + (2.0 * reference_points - 1.0).permute(0, 2, 1, 3)[:, None, :, None]
 
     def forward(
@@ -326,7 +327,8 @@ class MSDeformAttn(nn.Module):
         training = torch.is_grad_enabled() and (value.requires_grad or offsets.requires_grad)
         if reference_points.shape[-1] == 2 and torch.onnx.is_in_onnx_export():
             grids = self._export_grids(query, reference_points, _shapes_as_list(spatial_shapes))
-            weights = weights.reshape(b, lq, -1).transpose(1, 2).reshape(b, self.n_heads, self.n_levels, self.n_points, lq)
+            weights = weights.reshape(b, lq, -1).transpose(1, 2)
+            weights = weights.reshape(b, self.n_heads, self.n_levels, self.n_points, lq)
             out = ms_deform_attn_core_export(value, spatial_shapes, grids, weights)
         elif reference_points.shape[-1] == 2 and training:
             # Training: the embedding_bag core's backward sorts every corner index (~400 ms per layer
