@@ -216,3 +216,18 @@ def test_run_variant_evaluates_on_the_training_world(tmp_path, monkeypatch):
     args.override, args.world_resolved = [], None
     ablate.run_variant("table5_naive", 0, args)
     assert "world" not in built[1]
+
+
+def test_photo_sweep_script_arguments_parse(tmp_path):
+    """scripts/ablate_photo.sh hands train.ablate a valid plan: with --report-only on an empty folder the
+    runner gets as far as looking for finished 4,000-step photo runs (nothing is trained)."""
+    import os
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    env = dict(os.environ, OUT=str(tmp_path / "sweep"), PYTHON=sys.executable)
+    out = subprocess.run(["bash", str(root / "scripts" / "ablate_photo.sh"), "--report-only"], env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 1, out.stderr[-1000:]
+    assert "no finished run" in out.stderr and "--steps 4000" in out.stderr and "world photo" in out.stderr
