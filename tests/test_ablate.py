@@ -1,6 +1,9 @@
 """The ablation driver end to end on the tiny preset (2 steps per variant)."""
 import json
 import math
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -221,10 +224,6 @@ def test_run_variant_evaluates_on_the_training_world(tmp_path, monkeypatch):
 def test_photo_sweep_script_arguments_parse(tmp_path):
     """scripts/ablate_photo.sh hands train.ablate a valid plan: with --report-only on an empty folder the
     runner gets as far as looking for finished 4,000-step photo runs (nothing is trained)."""
-    import os
-    import subprocess
-    import sys
-
     root = Path(__file__).resolve().parents[1]
     env = dict(os.environ, OUT=str(tmp_path / "sweep"), PYTHON=sys.executable)
     out = subprocess.run(["bash", str(root / "scripts" / "ablate_photo.sh"), "--report-only"], env=env,

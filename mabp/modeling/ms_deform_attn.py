@@ -135,28 +135,6 @@ def _sample_pixels(value: torch.Tensor, shapes: List[Tuple[int, int]], grids: Tu
     return out.view(b, lq, n_heads * d_head)
 
 
-def _grid_sample_levels(value: torch.Tensor, shapes: List[Tuple[int, int]],
-                        sampling_locations: torch.Tensor) -> List[torch.Tensor]:
-    """Bilinear samples of every level with `F.grid_sample` (zero padding, align_corners=False).
-
-    value (B, sum_l H_l*W_l, heads, d); sampling_locations (B, Lq, heads, L, P, 2) in [0, 1].
-    Returns L tensors (B*heads, d, Lq, P).
-    """
-    b, _, n_heads, d_head = value.shape
-    value_per_level = value.split([h * w for h, w in shapes], dim=1)
-    # grid_sample wants coordinates in [-1, 1]; with align_corners=False -1/+1 are the outer
-    # borders of the edge pixels, exactly the convention of the CUDA kernel (loc * size - 0.5).
-    grids = 2.0 * sampling_locations - 1.0
-    sampled = []
-    for lvl, (h, w) in enumerate(shapes):
-        # (B, HW, heads, d) -> (B*heads, d, H, W): each head samples its own slice of channels.
-        v = value_per_level[lvl].flatten(2).transpose(1, 2).reshape(b * n_heads, d_head, h, w)
-        # (B, Lq, heads, P, 2) -> (B*heads, Lq, P, 2)
-        g = grids[:, :, :, lvl].transpose(1, 2).flatten(0, 1)
-        sampled.append(F.grid_sample(v, g, mode="bilinear", padding_mode="zeros", align_corners=False))
-    return sampled
-
-
 def ms_deform_attn_core_grid_sample(
     value: torch.Tensor,
     spatial_shapes: SpatialShapes,
@@ -168,9 +146,21 @@ def ms_deform_attn_core_grid_sample(
     Same arguments and result as `ms_deform_attn_core`, which gives the same numbers ~2x faster; kept
     as the ground truth the tests compare it with.
     """
+    shapes = _shapes_as_list(spatial_shapes)
     b, _, n_heads, d_head = value.shape
     _, lq, _, n_levels, n_points, _ = sampling_locations.shape
-    sampled = _grid_sample_levels(value, _shapes_as_list(spatial_shapes), sampling_locations)
+    value_per_level = value.split([h * w for h, w in shapes], dim=1)
+    # grid_sample wants coordinates in [-1, 1]; with align_corners=False -1/+1 are the outer
+    # borders of the edge pixels, exactly the convention of the CUDA kernel (loc * size - 0.5).
+    grids = 2.0 * sampling_locations - 1.0
+    sampled = []
+    for lvl, (h, w) in enumerate(shapes):
+        # (B, HW, heads, d) -> (B*heads, d, H, W): each head samples its own slice of channels.
+        v = value_per_level[lvl].flatten(2).transpose(1, 2).reshape(b * n_heads, d_head, h, w)
+        # (B, Lq, heads, P, 2) -> (B*heads, Lq, P, 2)
+        g = grids[:, :, :, lvl].transpose(1, 2).flatten(0, 1)
+        # -> (B*heads, d, Lq, P)
+        sampled.append(F.grid_sample(v, g, mode="bilinear", padding_mode="zeros", align_corners=False))
     # (B, Lq, heads, L, P) -> (B*heads, 1, Lq, L*P) to broadcast over the channel dim.
     weights = attention_weights.transpose(1, 2).reshape(b * n_heads, 1, lq, n_levels * n_points)
     # stack -> (B*heads, d, Lq, L, P) -> flatten -> (B*heads, d, Lq, L*P); sum over samples.

@@ -107,9 +107,25 @@ def shifted_window_mask(hp: int, wp: int, window_size: int, shift_size: int,
     return mask.to(dtype)
 
 
+def window_order(h: int, w: int, window_size: int, shift_size: int = 0,
+                 device: Optional[torch.device] = None) -> Tuple[Tensor, Tensor]:
+    """Token indices that turn pad -> roll(-shift) -> `window_partition` into one gather, and back.
+
+    Returns (order, inverse), both int64 on `device` (default CPU):
+        order (hp*wp,): for each slot of the windows (windows row-major, tokens row-major inside each) the
+            row-major index of its token in the h x w map, or h*w for a padded slot;
+        inverse (h*w,): for each token of the map its slot in `order` (the crop of `window_reverse` ->
+            roll(+shift)).
+    So `cat([tokens, pad_row]).index_select(0, order)` is window_partition(roll(pad(map), -shift)) flattened,
+    and `windows.index_select(0, inverse)` undoes it for the real tokens. Cached per size and device, so a
+    forward pass neither rebuilds nor re-copies them.
+    """
+    return _window_order(int(h), int(w), int(window_size), int(shift_size), torch.device(device or "cpu"))
+
+
 @functools.lru_cache(maxsize=64)
 @torch.inference_mode(False)  # cached: a tensor made under inference_mode could not be saved for backward later
-def _window_order_cpu(h: int, w: int, window_size: int, shift_size: int) -> Tuple[Tensor, Tensor]:
+def _window_order(h: int, w: int, window_size: int, shift_size: int, device: torch.device) -> Tuple[Tensor, Tensor]:
     grid = torch.full((math.ceil(h / window_size) * window_size, math.ceil(w / window_size) * window_size),
                       h * w, dtype=torch.long)
     grid[:h, :w] = torch.arange(h * w).view(h, w)
@@ -119,24 +135,7 @@ def _window_order_cpu(h: int, w: int, window_size: int, shift_size: int) -> Tupl
     real = (order < h * w).nonzero().squeeze(1)
     inverse = torch.empty(h * w, dtype=torch.long)
     inverse[order[real]] = real
-    return order, inverse
-
-
-def window_order(h: int, w: int, window_size: int, shift_size: int = 0,
-                 device: Optional[torch.device] = None) -> Tuple[Tensor, Tensor]:
-    """Token indices that turn pad -> roll(-shift) -> `window_partition` into one gather, and back.
-
-    Returns (order, inverse), both int64:
-        order (hp*wp,): for each slot of the windows (windows row-major, tokens row-major inside each) the
-            row-major index of its token in the h x w map, or h*w for a padded slot;
-        inverse (h*w,): for each token of the map its slot in `order` (the crop of `window_reverse` ->
-            roll(+shift)).
-    So `cat([tokens, pad_row]).index_select(0, order)` is window_partition(roll(pad(map), -shift)) flattened,
-    and `windows.index_select(0, inverse)` undoes it for the real tokens. Cached per size (CPU), moved to
-    `device` on use.
-    """
-    order, inverse = _window_order_cpu(int(h), int(w), int(window_size), int(shift_size))
-    return order.to(device or "cpu"), inverse.to(device or "cpu")
+    return order.to(device), inverse.to(device)
 
 
 # ----------------------------------------------------------------------------------------- building blocks
@@ -265,8 +264,7 @@ class SwinTransformerBlock(nn.Module):
         rows in Swin-B's stage 3 (30x30 padded to 36x36) and 61 % in stage 4 (15x15 to 24x24).
         Pad -> roll -> window_partition is one index_select of the qkv rows and window_reverse -> roll ->
         crop another (`window_order`): the same values moved once instead of four to five times (in ONNX
-        Runtime the Slice/Concat of each roll and the Transposes cost ~30 ms of paper's 480x480 visual
-        pass). Outputs equal the all-padded form to float rounding (tests/test_swin.py).
+        Runtime, paper's 480x480 visual pass took 520 -> 497 ms). Outputs equal the all-padded form to float rounding (tests/test_swin.py).
         """
         b, length, c = x.shape
         if length != h * w:
@@ -281,7 +279,8 @@ class SwinTransformerBlock(nn.Module):
         # copies in ONNX Runtime (~10 ms of paper's 480x480 visual pass).
         weights = self.attn.qkv.weight.chunk(3)
         biases = self.attn.qkv.bias.chunk(3) if self.attn.qkv.bias is not None else (None,) * 3
-        q, k, v = (F.linear(xn, wt, bs).index_select(1, order).view(-1, ws * ws, c) for wt, bs in zip(weights, biases))
+        q, k, v = (F.linear(xn, wt, bs).index_select(1, order).view(-1, ws * ws, c)
+                   for wt, bs in zip(weights, biases))
         mask = None
         if s > 0:
             mask = attn_mask
