@@ -188,6 +188,38 @@ def test_world_is_trained_evaluated_and_keyed(tmp_path, monkeypatch):
     assert ablate.main(["--config", str(tmp_path / "missing.yaml")] + shapes) == 2
 
 
+def test_results_mirror_carries_a_sweep_to_a_new_machine(tmp_path, monkeypatch):
+    """--results keeps every finished run as a small JSON file; with the run folders gone (a new machine)
+    the sweep counts those runs as finished, trains only the missing ones, and --report-only still works.
+    A run another budget finished is not counted."""
+    calls = []
+    monkeypatch.setattr(ablate, "run_variant", lambda n, s, a: calls.append((n, s)) or _fake_result(n, s, a))
+    out, mirror = tmp_path / "runs", tmp_path / "results"
+    cmd = ["--out", str(out), "--results", str(mirror), "--variants", "table5_naive", "rela", "--seeds", "0"]
+    assert ablate.main(cmd) == 0 and calls == [("table5_naive", 0), ("rela", 0)]
+    # the fake run wrote only the run folder's file: collecting the finished runs mirrors them
+    saved = json.loads((mirror / "rela" / "seed0.json").read_text())
+    assert saved["key"]["steps"] == 300 and saved["metrics"]["gIoU"] == 50.0
+    import shutil
+
+    shutil.rmtree(out)  # the new machine: no run folder
+    calls.clear()
+    assert ablate.main(cmd + ["--seeds-for", "rela=0,1"]) == 0
+    assert calls == [("rela", 1)]  # only the run that was never finished
+    assert (mirror / "rela" / "seed1.json").is_file()
+    shutil.rmtree(out)
+    assert ablate.main(cmd + ["--report-only"]) == 0
+    assert json.loads((out / "ablation.json").read_text())["runs_done"] == 2
+    calls.clear()
+    assert ablate.main(cmd + ["--steps", "400"]) == 0  # another budget: the mirror's runs do not count
+    assert calls == [("table5_naive", 0), ("rela", 0)]
+    assert json.loads((mirror / "rela" / "seed0.json").read_text())["key"]["steps"] == 300  # nor are lost
+    (mirror / "table5_naive" / "seed0.json").write_text("{not json")  # a damaged file is a missing run
+    args = ablate.build_parser().parse_args(cmd)
+    shutil.rmtree(out)
+    assert ablate.cached_result("table5_naive", 0, args) is None
+
+
 def test_run_variant_evaluates_on_the_training_world(tmp_path, monkeypatch):
     """The final evaluation of a run is built on the world the run trained on (not the shapes default)."""
     import mabp
@@ -213,9 +245,12 @@ def test_run_variant_evaluates_on_the_training_world(tmp_path, monkeypatch):
     args.override = ["data.kwargs.world=photo"]
     args.world_resolved = ablate.training_world(args)
     assert args.world_resolved == "photo"
+    args.results = str(tmp_path / "mirror")
     metrics = ablate.run_variant("rela", 0, args)
     assert built[0]["world"] == "photo" and "data.kwargs.world=photo" in trained[0]
     assert metrics["gIoU"] == 1.0
+    mirrored = json.loads((tmp_path / "mirror" / "rela" / "seed0.json").read_text())
+    assert mirrored == json.loads((tmp_path / "rela" / "seed0" / "ablation_result.json").read_text())
     args.override, args.world_resolved = [], None
     ablate.run_variant("table5_naive", 0, args)
     assert "world" not in built[1]
@@ -225,7 +260,7 @@ def test_photo_sweep_script_arguments_parse(tmp_path):
     """scripts/ablate_photo.sh hands train.ablate a valid plan: with --report-only on an empty folder the
     runner gets as far as looking for finished 4,000-step photo runs (nothing is trained)."""
     root = Path(__file__).resolve().parents[1]
-    env = dict(os.environ, OUT=str(tmp_path / "sweep"), PYTHON=sys.executable)
+    env = dict(os.environ, OUT=str(tmp_path / "sweep"), RESULTS=str(tmp_path / "results"), PYTHON=sys.executable)
     out = subprocess.run(["bash", str(root / "scripts" / "ablate_photo.sh"), "--report-only"], env=env,
                          capture_output=True, text=True, timeout=300)
     assert out.returncode == 1, out.stderr[-1000:]

@@ -11,7 +11,9 @@ model overrides (mabp.variants.VARIANTS) and `schedule.max_steps = --steps`; eac
 lives in `<out>/<variant>/seed<k>/` and is resumed if it already finished or was interrupted. The final
 weights (last.pt) are then evaluated with the official protocol on the first `--val-samples` val
 expressions (cached in `<run>/ablation_result.json`, so a re-run only trains and evaluates what is
-missing: a sweep survives stopped sessions). Results: `<out>/ablation.md` (the tables with mean ± std over
+missing: a sweep survives stopped sessions; with `--results DIR` each result is also kept as
+`DIR/<variant>/seed<k>.json`, a folder to commit, so a sweep also survives a machine whose run folders
+are gone). Results: `<out>/ablation.md` (the tables with mean ± std over
 seeds and the paper's numbers, breakdowns by target tag, one verdict per paper claim, wall-clock per run),
 `<out>/ablation.json` (every number) and `<out>/curves.png` (val gIoU and N-acc against training steps for
 Naive, full MABP and ReLA, from the runs' in-training evaluations every `--eval-every` steps).
@@ -118,15 +120,51 @@ def training_world(args: argparse.Namespace) -> Optional[str]:
     return None if world in (None, "shapes") else str(world)
 
 
-def cached_result(name: str, seed: int, args: argparse.Namespace) -> Optional[Dict[str, Any]]:
-    """The finished (variant, seed) run's metrics from its ablation_result.json, or None (not finished,
-    another budget, unreadable)."""
-    out = Path(args.out) / name / f"seed{seed}"
+def _mirror_path(name: str, seed: int, args: argparse.Namespace) -> Optional[Path]:
+    """Where --results keeps a copy of the (variant, seed) run's ablation_result.json (None without it)."""
+    return Path(args.results) / name / f"seed{seed}.json" if getattr(args, "results", None) else None
+
+
+def _read_result(path: Optional[Path], args: argparse.Namespace) -> Optional[Dict[str, Any]]:
+    if path is None:
+        return None
     try:
-        data = json.loads((out / "ablation_result.json").read_text())
+        data = json.loads(path.read_text())
     except (OSError, ValueError):
         return None
-    if data.get("key") != _result_key(args):
+    if not isinstance(data, dict) or data.get("key") != _result_key(args) or not isinstance(data.get("metrics"), dict):
+        return None
+    return data
+
+
+def _write_mirror(path: Path, data: Dict[str, Any]) -> None:
+    """Keep `data` (a run's result) at `path`, unless the file holds another budget's result: a results
+    folder is one budget's, and a committed result is never overwritten by a run of another plan."""
+    try:
+        old = json.loads(path.read_text())
+    except (OSError, ValueError):
+        old = None
+    if isinstance(old, dict) and isinstance(old.get("key"), dict) and old["key"] != data["key"]:
+        print(f"warning: {path} holds a result of another budget ({old['key']}); not overwritten: give this "
+              "plan its own --results folder", file=sys.stderr)
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _write_atomic(path, json.dumps(data, indent=1).encode())
+
+
+def cached_result(name: str, seed: int, args: argparse.Namespace) -> Optional[Dict[str, Any]]:
+    """The finished (variant, seed) run's metrics from its ablation_result.json in the run folder, or from
+    the --results mirror (a folder of small JSON files that can be committed: run folders hold checkpoints
+    and may not outlive the machine); None when neither has it for this budget (or it is unreadable)."""
+    out = Path(args.out) / name / f"seed{seed}"
+    data = _read_result(out / "ablation_result.json", args)
+    mirror = _mirror_path(name, seed, args)
+    if data is None:
+        data = _read_result(mirror, args)
+    elif mirror is not None and _read_result(mirror, args) is None:
+        # a run finished before --results was given (or by a runner without it): mirror it now
+        _write_mirror(mirror, data)
+    if data is None:
         return None
     metrics = data["metrics"]
     if metrics.get("sec_per_step") is None:  # a result cached before the field existed
@@ -189,6 +227,9 @@ def run_variant(name: str, seed: int, args: argparse.Namespace) -> Dict[str, Any
                    nt_rule=res["nt_rule"], params=sum(p.numel() for p in model.parameters()),
                    eval_s=round(res.get("wall_time_s", 0.0), 1))
     cached.write_text(json.dumps({"key": key, "metrics": metrics}, indent=1))
+    mirror = _mirror_path(name, seed, args)
+    if mirror is not None:
+        _write_mirror(mirror, {"key": key, "metrics": metrics})
     torch.cuda.empty_cache() if torch.cuda.is_available() else None
     return metrics
 
@@ -361,6 +402,10 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--val-samples", type=int, default=500)
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--out", default="runs/ablate")
+    ap.add_argument("--results", default=None, metavar="DIR",
+                    help="also keep every finished run's result as DIR/<variant>/seed<k>.json and count a run "
+                         "found there as finished: a folder small enough to commit, so a sweep continues on a "
+                         "new machine whose run folders are gone")
     ap.add_argument("--set", dest="override", nargs="+", default=[], metavar="section.key=value",
                     help="extra training-config overrides applied to every run")
     ap.add_argument("--report-only", action="store_true",
