@@ -132,7 +132,9 @@ def _read_result(path: Optional[Path], args: argparse.Namespace) -> Optional[Dic
         data = json.loads(path.read_text())
     except (OSError, ValueError):
         return None
-    if not isinstance(data, dict) or data.get("key") != _result_key(args) or not isinstance(data.get("metrics"), dict):
+    if not isinstance(data, dict) or data.get("key") != _result_key(args):
+        return None
+    if not isinstance(data.get("metrics"), dict):
         return None
     return data
 
