@@ -2,6 +2,7 @@
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -200,8 +201,6 @@ def test_results_mirror_carries_a_sweep_to_a_new_machine(tmp_path, monkeypatch):
     # the fake run wrote only the run folder's file: collecting the finished runs mirrors them
     saved = json.loads((mirror / "rela" / "seed0.json").read_text())
     assert saved["key"]["steps"] == 300 and saved["metrics"]["gIoU"] == 50.0
-    import shutil
-
     shutil.rmtree(out)  # the new machine: no run folder
     calls.clear()
     assert ablate.main(cmd + ["--seeds-for", "rela=0,1"]) == 0
