@@ -213,16 +213,31 @@ def test_cli_bad_input_exit_2(ckpt, tmp_path, capsys):
     assert "no split 'vall'" in _err(capsys)
     assert main(["--checkpoint", str(ckpt), "--dataset", "synthgres", "--split", "val", "--nt-threshold", "1"] + base) == 2
     assert "--nt-threshold must be strictly between 0 and 1" in _err(capsys)
+    assert main(["--checkpoint", str(ckpt), "--dataset", "synthgres", "--split", "val",
+                 "--nt-thresholds", "0.5", "1.5"] + base) == 2
+    assert "--nt-thresholds must each be strictly between 0 and 1, got 1.5" in _err(capsys)
 
 
 def test_cli_nt_threshold_is_used_and_reported(ckpt, tmp_path, capsys):
     out = tmp_path / "eval"
     assert main(["--checkpoint", str(ckpt), "--dataset", "synthgres", "--split", "val", "--size", str(SIZE),
-                 "--limit", "4", "--out", str(out), "--no-progress", "--nt-threshold", "0.05"]) == 0
+                 "--limit", "4", "--out", str(out), "--no-progress", "--nt-threshold", "0.05",
+                 "--nt-thresholds", "0.95", "0.05", "0.5"]) == 0
     printed = capsys.readouterr().out
     assert "no-target threshold 0.05 (calibrated; 0.5 = argmax)" in printed
     results = json.loads((out / "results.json").read_text())
     assert results["nt_threshold"] == 0.05
+    # The extra thresholds come from the same pass: the run's own one reproduces the main metrics, and a
+    # higher threshold can only call fewer samples "no target".
+    per = results["per_nt_threshold"]
+    assert list(per) == ["0.05", "0.5", "0.95"]
+    for key in ("gIoU", "cIoU", "N-acc", "T-acc"):
+        assert per["0.05"][key] == pytest.approx(results["metrics"][key], nan_ok=True)
+    nt_calls = [per[t]["TP"] + per[t]["FP"] for t in ("0.05", "0.5", "0.95")]
+    assert nt_calls == sorted(nt_calls, reverse=True)
+    report = (out / "report.md").read_text()
+    assert "### Other no-target thresholds" in report
+    assert "| 0.05 |" in report and "this run's" in report and "| 0.95 |" in report
 
 
 # ------------------------------------------------------------------------------------------ export round trip

@@ -415,9 +415,23 @@ def format_report(result: Mapping[str, Any], dataset: str, split: str, acc: str 
         out += ["", f"### {titles.get(key, key)}", "", format_breakdown(bd, key=key)]
     if result["per_head_nt"]:
         out += ["", "### No-target decision per head and per rule", "", format_nt_heads(result)]
+    if result.get("per_nt_threshold"):
+        out += ["", "### Other no-target thresholds (same pass, same masks)", "", format_nt_thresholds(result)]
     out += ["", f"{result['n']} samples in {result['wall_time_s']:.1f} s "
             f"({_fmt(result['samples_per_s'])} samples/s) on {result['device']}."]
     return "\n".join(out)
+
+
+def format_nt_thresholds(result: Mapping[str, Any]) -> str:
+    """Markdown table of `result["per_nt_threshold"]` (train.evaluate --nt-thresholds): one row per
+    no-target threshold with gIoU, cIoU and both accuracy families; the run's own threshold is marked."""
+    rows = ["| NT threshold | gIoU | cIoU | N-acc | T-acc | N-acc (MABP code) | |", "|---|---|---|---|---|---|---|"]
+    own = result.get("nt_threshold")
+    for t, m in sorted(result["per_nt_threshold"].items(), key=lambda kv: float(kv[0])):
+        mark = "this run's" if own is not None and abs(float(t) - float(own)) < 1e-9 else ""
+        rows.append(f"| {float(t):g} | {_fmt(m['gIoU'])} | {_fmt(m['cIoU'])} | {_fmt(m['N-acc'])} | "
+                    f"{_fmt(m['T-acc'])} | {_fmt(m['N-acc(MABP-code)'])} | {mark} |")
+    return "\n".join(rows)
 
 
 def sha256_file(path: os.PathLike, chunk: int = 1 << 20) -> str:
@@ -460,6 +474,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--nt-threshold", type=float, default=None,
                    help="NT probability above which a head votes no target (default: the checkpoint's "
                         "inference.nt_threshold; 0.5 = argmax, the official decision)")
+    p.add_argument("--nt-thresholds", type=float, nargs="+", default=(), metavar="T",
+                   help="more no-target thresholds scored from the same pass (e.g. 0.5 beside a calibrated "
+                        "checkpoint's own): a table in the report, 'per_nt_threshold' in results.json")
     p.add_argument("--min-pixels", type=int, default=0,
                    help="paper-only rule: masks with fewer pixels count as no target (0 = official protocol)")
     p.add_argument("--limit", type=int, default=None, help="evaluate only the first N samples")
@@ -500,6 +517,9 @@ def _setup(args: argparse.Namespace):
         raise EvalInputError(f"--threshold must be strictly between 0 and 1, got {args.threshold}")
     if args.nt_threshold is not None and not 0.0 < args.nt_threshold < 1.0:
         raise EvalInputError(f"--nt-threshold must be strictly between 0 and 1, got {args.nt_threshold}")
+    for t in args.nt_thresholds:
+        if not 0.0 < t < 1.0:
+            raise EvalInputError(f"--nt-thresholds must each be strictly between 0 and 1, got {t}")
     dev = args.device
     try:
         dev_t = torch.device(dev)
@@ -584,7 +604,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                                 threshold=args.threshold, min_pixels=args.min_pixels, limit=args.limit,
                                 device=args.device, progress=not args.no_progress, amp=args.amp,
                                 num_workers=args.workers, desc=f"{args.dataset} {args.split}",
-                                nt_threshold=args.nt_threshold)
+                                nt_threshold=args.nt_threshold,
+                                nt_thresholds=sorted(set(args.nt_thresholds)))
     except DatasetError as e:  # a file that went missing / is corrupt mid-run: still the data's fault
         print(f"error: {_one_line(e)}", file=sys.stderr)
         return 2
