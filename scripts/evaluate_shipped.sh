@@ -3,7 +3,7 @@
 # mixed val, photo val / testA / testB, shapes val / testA, first N expressions of each, official protocol.
 #   bash scripts/evaluate_shipped.sh CHECKPOINT OUT_DIR [THREADS]
 # Writes OUT_DIR/<split>/{results.json,report.md,per_sample.jsonl} and prints one summary line per split.
-# ~3.5 min on 2 CPU cores for the lite model at 256² (7 min at 320²); LIMIT=N evaluates the first N of every
+# ~3.5 min on 2 CPU cores for the lite model at 256² (6.5 min at 320²); LIMIT=N evaluates the first N of every
 # split instead. The same pass also scores the no-target thresholds in NT_GRID (default 0.25 … 0.5, the
 # official argmax among them; results.json "per_nt_threshold"); the summary line adds the figures at 0.5.
 # The photo world needs its Debian packages (scripts/setup.sh).
