@@ -33,9 +33,9 @@ d = json.load(open(sys.argv[1]))
 f = lambda v: "-" if v is None else f"{v:.2f}"
 line = f"{sys.argv[2]:13s} n={d['n']:4d}  " + "  ".join(f"{k} {f(d['metrics'].get(k))}"
                                                    for k in ("cIoU", "gIoU", "N-acc", "T-acc"))
-for t, a in d.get("per_nt_threshold", {}).items():
-    if abs(float(t) - 0.5) < 1e-9:
-        line += f"  | at 0.5: gIoU {f(a['gIoU'])} N-acc {f(a['N-acc'])}"
+a = d.get("per_nt_threshold", {}).get("0.5")  # JSON keys: the thresholds as str(float)
+if a:
+    line += f"  | at 0.5: gIoU {f(a['gIoU'])} N-acc {f(a['N-acc'])}"
 print(line)
 PY
 done <<'LIST'
