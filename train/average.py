@@ -16,8 +16,7 @@ are averaged in fp32; a tensor bit-identical in every input (frozen encoder weig
 so an export still leaves the package weights out. Integer and boolean tensors must be equal in all
 inputs. The output is written like `train.export`'s (fp16 storage unless --fp32, package weights left
 out), with `inference.nt_threshold` reset to 0.5 (the official argmax: choose it again with
-`train.calibrate`), the first input's training config and vocabulary (derived from its training config
-as `train.export` does when the input is a training checkpoint), and an `averaged_from` record
+`train.calibrate`), the first input's training config and vocabulary (`train.export.vocabulary_entry`), and an `averaged_from` record
 (file name, step, weight and checksum of each input).
 """
 from __future__ import annotations
@@ -137,15 +136,9 @@ def main(argv: Optional[List[str]] = None) -> int:
               for p, c, w in zip(args.checkpoints, ckpts, weights)]
     first = ckpts[0]
     extra = {k: first[k] for k in ("train_config",) if k in first}
-    from mabp.vocabulary import CHECKPOINT_KEY
-    from train.data.synthgres.world_vocabulary import vocabulary_for_config
+    from train.export import vocabulary_entry
 
-    if CHECKPOINT_KEY in first:
-        extra[CHECKPOINT_KEY] = first[CHECKPOINT_KEY]
-    else:  # a training checkpoint: the vocabulary of its world, as train.export stores it
-        vocab = vocabulary_for_config(first.get("train_config"))
-        if vocab is not None:
-            extra[CHECKPOINT_KEY] = vocab.to_dict()
+    extra.update(vocabulary_entry(first))
     extra["averaged_from"] = record
     try:
         dst = save_checkpoint(model, args.out, extra=extra, half=not args.fp32, skip_external=True)

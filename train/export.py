@@ -19,6 +19,23 @@ from pathlib import Path
 from typing import List, Optional
 
 
+def vocabulary_entry(ckpt: dict, world: Optional[str] = None) -> dict:
+    """{"vocabulary": ...} for a checkpoint written from `ckpt`, or {} when there is none to store.
+
+    The vocabulary of SynthGRES world `world` when given, else of the world `ckpt["train_config"]` trained
+    on, else the one `ckpt` already carries (a checkpoint of a real dataset has none: open vocabulary).
+    Prints one line naming it. Raises ValueError for an unknown world (train.data.synthgres.world_vocabulary).
+    """
+    from mabp.vocabulary import CHECKPOINT_KEY
+    from train.data.synthgres.world_vocabulary import vocabulary_for_config, world_vocabulary
+
+    vocab = world_vocabulary(world) if world else vocabulary_for_config(ckpt.get("train_config"))
+    if vocab is not None:
+        print(f"vocabulary: worlds {list(vocab.worlds)}, {len(vocab.nouns)} nouns, {len(vocab.colours)} colours")
+        return {CHECKPOINT_KEY: vocab.to_dict()}
+    return {CHECKPOINT_KEY: ckpt[CHECKPOINT_KEY]} if CHECKPOINT_KEY in ckpt else {}
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m train.export", description=__doc__.split("\n\n")[0])
     ap.add_argument("src", help="a checkpoint of this project (e.g. runs/NAME/best.pt)")
@@ -41,15 +58,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 2
     extra = {k: ckpt[k] for k in ("train_config", "step", "best", "converted_from") if k in ckpt}
     extra["exported_from"] = Path(args.src).name
-    from mabp.vocabulary import CHECKPOINT_KEY
-    from train.data.synthgres.world_vocabulary import vocabulary_for_config, world_vocabulary
-
-    vocab = world_vocabulary(args.world) if args.world else vocabulary_for_config(ckpt.get("train_config"))
-    if vocab is not None:
-        extra[CHECKPOINT_KEY] = vocab.to_dict()
-        print(f"vocabulary: worlds {list(vocab.worlds)}, {len(vocab.nouns)} nouns, {len(vocab.colours)} colours")
-    elif CHECKPOINT_KEY in ckpt:
-        extra[CHECKPOINT_KEY] = ckpt[CHECKPOINT_KEY]
+    extra.update(vocabulary_entry(ckpt, args.world))
     try:
         dst = save_checkpoint(model, args.dst, extra=extra, half=not args.fp32,
                               skip_external=not args.keep_package_weights)
