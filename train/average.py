@@ -16,14 +16,14 @@ are averaged in fp32; a tensor bit-identical in every input (frozen encoder weig
 so an export still leaves the package weights out. Integer and boolean tensors must be equal in all
 inputs. The output is written like `train.export`'s (fp16 storage unless --fp32, package weights left
 out), with `inference.nt_threshold` reset to 0.5 (the official argmax: choose it again with
-`train.calibrate`), the first input's training config and vocabulary (`train.export.vocabulary_entry`), and an `averaged_from` record
-(file name, step, weight and checksum of each input).
+`train.calibrate`), the first input's training config and vocabulary (`train.export.vocabulary_entry`),
+and an `averaged_from` record (path as given, step, normalised weight and checksum of each input).
+Errors (unreadable file, another model, bad weights) print one line and exit 2; a failed write exits 1.
 """
 from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
 import torch
