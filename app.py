@@ -26,11 +26,11 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 # hundreds of small parallel regions (~9,500 profiled aten calls, views included), so sleeping at once
 # (OMP_WAIT_POLICY=PASSIVE) pays a wake-up per op, while libgomp's default (300,000 spins) burns a whole
 # core whenever another process shares the box. Measured on 2 cores with the shipped lite checkpoint at
-# 320² (benchmarks/latency.py --fast-path off --spincount 3000|passive, 30 repeats, 3 runs each,
-# alternating): a new expression takes 102-135 ms with 3,000 spins against 149-183 ms with PASSIVE (256²,
-# an earlier machine: ~110-140 against ~170-210 ms), and beside a busy process its CPU time stays within
-# ~20 % of PASSIVE's (the default policy once cost 20x). Set OMP_WAIT_POLICY or GOMP_SPINCOUNT
-# to override. Must be set before torch is imported.
+# 320² (benchmarks/latency.py --spincount 3000|passive, 30 repeats, runs alternating: four with 3,000
+# spins, three with PASSIVE): a new expression takes 102-135 ms with 3,000 spins against 149-183 ms with
+# PASSIVE (256², an earlier machine: ~110-140 against ~170-210 ms), and beside a busy process its CPU time
+# stays within ~20 % of PASSIVE's (the default policy once cost 20x). Set OMP_WAIT_POLICY or
+# GOMP_SPINCOUNT to override. Must be set before torch is imported.
 if "OMP_WAIT_POLICY" not in os.environ:
     os.environ.setdefault("GOMP_SPINCOUNT", "3000")
 

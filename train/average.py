@@ -29,6 +29,18 @@ from typing import Dict, List, Optional, Sequence
 import torch
 
 
+def normalised_weights(weights: Optional[Sequence[float]], n: int) -> List[float]:
+    """`weights` (default uniform) scaled to sum 1. Raises ValueError when there are not `n` of them or
+    one is not a positive finite number."""
+    weights = [1.0] * n if weights is None else [float(w) for w in weights]
+    if len(weights) != n:
+        raise ValueError(f"{len(weights)} weights for {n} checkpoints")
+    if not all(0 < w < float("inf") for w in weights):
+        raise ValueError(f"weights must be positive finite numbers, got {weights}")
+    total = sum(weights)
+    return [w / total for w in weights]
+
+
 def average_state_dicts(states: Sequence[Dict[str, torch.Tensor]],
                         weights: Optional[Sequence[float]] = None) -> Dict[str, torch.Tensor]:
     """The weighted average of state dicts with the same keys, shapes and dtypes.
@@ -47,16 +59,7 @@ def average_state_dicts(states: Sequence[Dict[str, torch.Tensor]],
     """
     if not states:
         raise ValueError("nothing to average: no state dicts given")
-    n = len(states)
-    if weights is None:
-        weights = [1.0] * n
-    weights = [float(w) for w in weights]
-    if len(weights) != n:
-        raise ValueError(f"{len(weights)} weights for {n} checkpoints")
-    if not all(w > 0 and w != float("inf") for w in weights):
-        raise ValueError(f"weights must be positive finite numbers, got {weights}")
-    total = sum(weights)
-    weights = [w / total for w in weights]
+    weights = normalised_weights(weights, len(states))
     keys = list(states[0].keys())
     for i, s in enumerate(states[1:], start=2):
         if set(s.keys()) != set(keys):
@@ -129,14 +132,13 @@ def main(argv: Optional[List[str]] = None) -> int:
     model.load_state_dict(state)
     # A no-target threshold was chosen for one weight set; the average starts from the official argmax.
     model.cfg.inference.nt_threshold = 0.5
-    weights = args.weights or [1.0] * len(models)
-    total = sum(weights)
-    record = [{"file": str(p), "step": c.get("step"), "weight": w / total,
+    weights = normalised_weights(args.weights, len(models))  # checked above by average_state_dicts
+    record = [{"file": str(p), "step": c.get("step"), "weight": w,
                "sha256": (c.get("checksum") or {}).get("sha256")}
               for p, c, w in zip(args.checkpoints, ckpts, weights)]
     first = ckpts[0]
     extra = {k: first[k] for k in ("train_config",) if k in first}
-    from train.export import vocabulary_entry
+    from train.export import size_limit_status, vocabulary_entry
 
     extra.update(vocabulary_entry(first))
     extra["averaged_from"] = record
@@ -149,10 +151,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     print(f"wrote {dst}: {size_mb:.1f} MB, the average of "
           + ", ".join(f"{r['file']} (step {r['step']}) x {r['weight']:.3g}" for r in record)
           + "; inference.nt_threshold = 0.5: choose it with python -m train.calibrate")
-    if args.max_mb is not None and size_mb > args.max_mb:
-        print(f"error: {dst} is {size_mb:.1f} MB > --max-mb {args.max_mb}", file=sys.stderr)
-        return 1
-    return 0
+    return size_limit_status(dst, args.max_mb)
 
 
 if __name__ == "__main__":

@@ -36,6 +36,16 @@ def vocabulary_entry(ckpt: dict, world: Optional[str] = None) -> dict:
     return {CHECKPOINT_KEY: ckpt[CHECKPOINT_KEY]} if CHECKPOINT_KEY in ckpt else {}
 
 
+def size_limit_status(dst: Path, max_mb: Optional[float]) -> int:
+    """The exit status for a written checkpoint and a `--max-mb` limit (None: no limit): 0 within it,
+    1 (with one line on stderr naming the file and both sizes in MiB) above it."""
+    size_mb = dst.stat().st_size / 2**20
+    if max_mb is not None and size_mb > max_mb:
+        print(f"error: {dst} is {size_mb:.1f} MB > --max-mb {max_mb}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m train.export", description=__doc__.split("\n\n")[0])
     ap.add_argument("src", help="a checkpoint of this project (e.g. runs/NAME/best.pt)")
@@ -72,10 +82,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     # the result must rebuild on its own
     again = build_mabp(checkpoint=dst)
     assert sum(p.numel() for p in again.parameters()) == n
-    if args.max_mb is not None and size_mb > args.max_mb:
-        print(f"error: {dst} is {size_mb:.1f} MB > --max-mb {args.max_mb}", file=sys.stderr)
-        return 1
-    return 0
+    return size_limit_status(dst, args.max_mb)
 
 
 if __name__ == "__main__":
