@@ -218,8 +218,10 @@ class Trainer:
                 if isinstance(m, nn.Dropout):
                     m.p = 0.0
         self.frozen: List[str] = []
+        self.n_frozen_bert = 0
         if o["freeze_bert_embeddings_and_last_layers"]:
             self.frozen = freeze_bert_parts(model, o["bert_frozen_last_layers"])
+            self.n_frozen_bert = len(self.frozen)
         if o.get("freeze"):
             self.frozen += freeze_prefixes(model, o["freeze"])
         model.to(self.device)
@@ -664,7 +666,8 @@ class Trainer:
         lines = [
             f"run folder: {self.out_dir}",
             f"model: {self.model_cfg.preset} at {self.image_size}x{self.image_size}, {n_all:,} parameters, "
-            f"{n_train:,} trainable ({len(self.frozen)} frozen BERT tensors)",
+            f"{n_train:,} trainable (frozen tensors: {self.n_frozen_bert} of BERT, "
+            f"{len(self.frozen) - self.n_frozen_bert} by optim.freeze)",
             f"device: {self.device}, world size {self.dist.world_size}, "
             f"amp {str(self.amp_dtype).replace('torch.', '') if self.amp else 'off'}, "
             f"visual cache {'on' if self.visual_cache is not None else 'off'}, "
