@@ -11,7 +11,8 @@
 # (schedule length, or `auto`, the default: see below), CALIB_S (auto only: seconds of the measuring
 # phase, default 75), START (the warm start, default the shipped checkpoint: a further stage of it; the
 # recipe's own start, stage 3's, is the first shipped checkpoint: see lite_mixed_ship.yaml), EXTRA (more
-# key=value overrides, e.g. train.seed=... data.kwargs.closeup_share=0.25).
+# key=value overrides, split like a shell line, so quote a value with spaces, e.g.
+# EXTRA="train.seed=10 'optim.freeze=[backbone.backbone.stem, backbone.backbone.bn0]'").
 #
 # MAX_STEPS=auto fits the whole lr schedule (warm-up, constant, cosine decay) into MINUTES: the run first
 # trains CALIB_S seconds at the constant lr with an open-ended schedule, is stopped (SIGINT: last.pt), and
@@ -35,6 +36,16 @@ CALIB_S=${CALIB_S:-75}
 START=${START:-assets/checkpoints/mabp-lite-synthgres.pt}
 PY=${PYTHON:-.venv/bin/python}
 [ -x "$PY" ] || PY=python3
+# EXTRA is split with Python's shlex (shell quoting rules), not bash word splitting: an override whose
+# value holds spaces (a YAML list) stays one argument when quoted.
+EXTRA_ARGS=()
+if [ -n "${EXTRA:-}" ]; then
+  if ! "$PY" -c 'import shlex, sys; shlex.split(sys.argv[1])' "$EXTRA" 2>/dev/null; then
+    echo "error: EXTRA is not a valid shell-quoted list of key=value overrides (unbalanced quotes?): $EXTRA" >&2
+    exit 2
+  fi
+  mapfile -t EXTRA_ARGS < <("$PY" -c 'import shlex, sys; print("\n".join(shlex.split(sys.argv[1])))' "$EXTRA")
+fi
 
 if [ "$DEVICE" = cuda ] && ! "$PY" -c "import torch, sys; sys.exit(not torch.cuda.is_available())"; then
   echo "error: DEVICE=cuda but torch sees no CUDA device (torch $("$PY" -c 'import torch; print(torch.__version__)')); use DEVICE=cpu for a smoke test" >&2
@@ -49,7 +60,7 @@ fit() {  # fit <seconds> <max_steps>: SIGINT after <seconds>; the engine finishe
   timeout --signal=INT --kill-after=120 "$1" "$PY" -m train.fit --config train/configs/lite_mixed_ship.yaml \
     train.device="$DEVICE" train.batch_size="$BATCH" train.amp="$AMP" train.compile="$COMPILE" \
     model.checkpoint="$START" data.num_workers="$WORKERS" schedule.max_steps="$2" train.output_dir="$OUT" \
-    train.eval_every=500 train.ckpt_every=200 ${EXTRA:-}
+    train.eval_every=500 train.ckpt_every=200 "${EXTRA_ARGS[@]}"
   local rc=$?
   set -e
   # 124 = timeout (SIGINT delivered), 130 = interrupted: last.pt is there either way.

@@ -59,3 +59,53 @@ def test_cli(tmp_path, capsys):
     assert "log.jsonl" in capsys.readouterr().err
     assert main(["only-one-arg"]) == 2
     assert main([str(tmp_path), "yesterday", "600"]) == 2 and "error" in capsys.readouterr().err
+
+
+_STAND_IN = """#!/usr/bin/env bash
+# Records what scripts/train_on_gpu.sh passes to train.fit / train.export; anything else goes to Python.
+if [ "$1" = -m ] && [ "$2" = train.fit ]; then
+  shift 2
+  "{py}" -c 'import json, sys; json.dump(sys.argv[1:], open(sys.argv[1], "w"))' "{rec}" "$@"
+  printf '%s\\n' '{{"type": "train", "step": 10, "samples_per_sec": 3.0}}' > "{out}/log.jsonl"
+  exit 0
+fi
+if [ "$1" = -m ] && [ "$2" = train.export ]; then exit 0; fi
+exec "{py}" "$@"
+"""
+
+
+def _run_script(tmp_path, extra: str):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    out, rec = tmp_path / "run", tmp_path / "argv.json"
+    out.mkdir()
+    stand_in = tmp_path / "python"
+    stand_in.write_text(_STAND_IN.format(py=sys.executable, rec=rec, out=out))
+    stand_in.chmod(0o755)
+    script = Path(__file__).resolve().parents[1] / "scripts" / "train_on_gpu.sh"
+    env = dict(os.environ, PYTHON=str(stand_in), DEVICE="cpu", MAX_STEPS="10", MINUTES="0.5", OUT=str(out), EXTRA=extra)
+    proc = subprocess.run(["bash", str(script)], env=env, capture_output=True, text=True, timeout=60)
+    return proc, (json.loads(rec.read_text()) if rec.exists() else None)
+
+
+def test_train_on_gpu_keeps_a_quoted_extra_override_whole(tmp_path):
+    # EXTRA is split by shell quoting rules: a YAML list with spaces stays one key=value (it was once
+    # word-split by bash into three broken overrides).
+    proc, argv = _run_script(tmp_path, "train.seed=10 'optim.freeze=[backbone.backbone.stem, backbone.backbone.bn0]'")
+    assert proc.returncode == 0, proc.stderr
+    assert argv[-2:] == ["train.seed=10", "optim.freeze=[backbone.backbone.stem, backbone.backbone.bn0]"]
+    assert "schedule.max_steps=10" in argv and "train.device=cpu" in argv
+    # No EXTRA: nothing extra is passed (not an empty-string argument).
+    (tmp_path / "none").mkdir()
+    proc, argv = _run_script(tmp_path / "none", "")
+    assert proc.returncode == 0, proc.stderr
+    assert argv[-1] == "train.ckpt_every=200"
+
+
+def test_train_on_gpu_refuses_unbalanced_quotes_in_extra(tmp_path):
+    proc, argv = _run_script(tmp_path, "train.seed=10 'optim.freeze=[a, b]")
+    assert proc.returncode == 2 and argv is None
+    assert "EXTRA is not a valid shell-quoted list" in proc.stderr
