@@ -40,11 +40,11 @@ PY=${PYTHON:-.venv/bin/python}
 # value holds spaces (a YAML list) stays one argument when quoted.
 EXTRA_ARGS=()
 if [ -n "${EXTRA:-}" ]; then
-  if ! "$PY" -c 'import shlex, sys; shlex.split(sys.argv[1])' "$EXTRA" 2>/dev/null; then
+  extra_lines=$("$PY" -c 'import shlex, sys; print("\n".join(shlex.split(sys.argv[1])))' "$EXTRA" 2>/dev/null) || {
     echo "error: EXTRA is not a valid shell-quoted list of key=value overrides (unbalanced quotes?): $EXTRA" >&2
     exit 2
-  fi
-  mapfile -t EXTRA_ARGS < <("$PY" -c 'import shlex, sys; print("\n".join(shlex.split(sys.argv[1])))' "$EXTRA")
+  }
+  if [ -n "$extra_lines" ]; then mapfile -t EXTRA_ARGS <<< "$extra_lines"; fi  # EXTRA="  " adds nothing
 fi
 
 if [ "$DEVICE" = cuda ] && ! "$PY" -c "import torch, sys; sys.exit(not torch.cuda.is_available())"; then

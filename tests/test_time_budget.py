@@ -1,5 +1,9 @@
 """train/time_budget.py: the schedule length that fits a wall-clock budget (scripts/train_on_gpu.sh)."""
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -75,11 +79,6 @@ exec "{py}" "$@"
 
 
 def _run_script(tmp_path, extra: str):
-    import os
-    import subprocess
-    import sys
-    from pathlib import Path
-
     out, rec = tmp_path / "run", tmp_path / "argv.json"
     out.mkdir()
     stand_in = tmp_path / "python"
