@@ -165,6 +165,27 @@ def test_empty_masks_score_zero_and_rules_differ(tiny, synth, monkeypatch):
     assert heads[0]["acc"] == pytest.approx(100.0 * n_nt / N_SAMPLES) and heads[3]["N-acc"] == 0.0
 
 
+def test_model_without_nt_branch_uses_its_pixel_rule(synth, monkeypatch):
+    # Table VI "branch removed": no NT head, so emptiness is the model's < 50 pixels rule even when the
+    # caller (the training engine, the CLI) passes the official min_pixels 0. Before, such a model
+    # could never say "no target" there and its training curves showed N-acc 0.
+    torch.manual_seed(0)
+    model = build_mabp("tiny", decoder__nt_supervision="none")
+    assert model.cfg.inference.min_pixels == 50
+    n_nt = _n_nt(synth)
+    _force(monkeypatch, model, mask_logit=-10.0)  # empty masks: every sample is "no target"
+    res = evaluate_model(model, synth, batch_size=8, progress=False)
+    assert res["min_pixels"] == 50
+    m = res["metrics"]
+    assert (m["TP"], m["FP"], m["FN"]) == (n_nt, N_SAMPLES - n_nt, 0) and m["N-acc"] == 100.0
+    _force(monkeypatch, model, mask_logit=10.0)  # full masks: never "no target"
+    m = evaluate_model(model, synth, batch_size=8, progress=False)["metrics"]
+    assert (m["TP"], m["FN"]) == (0, n_nt) and m["T-acc"] == 100.0
+    # an explicit positive value still wins; a model with an NT branch keeps the official 0
+    assert evaluate_model(model, synth, batch_size=8, progress=False, min_pixels=7, limit=2)["min_pixels"] == 7
+    assert evaluate_model(build_mabp("tiny"), synth, batch_size=8, progress=False, limit=2)["min_pixels"] == 0
+
+
 # ------------------------------------------------------------------------------------------ CLI
 def test_cli_writes_results(ckpt, tmp_path, capsys):
     out = tmp_path / "eval"

@@ -97,6 +97,20 @@ def _json_safe(x: Any) -> Any:
 
 
 # ---------------------------------------------------------------------------------------- core
+def effective_min_pixels(model: torch.nn.Module, min_pixels: int = 0) -> int:
+    """The min-pixels rule an evaluation applies: `min_pixels` when > 0; else, for a model built without
+    any no-target branch (Table VI "branch removed", `decoder.nt_supervision: none`), the model's own
+    `inference.min_pixels` (50, the paper's rule, set by `mabp.variants.resolve_variant`), since such a
+    model has no other way to say "no target" and would otherwise score N-acc 0 by construction; else 0
+    (the official protocol)."""
+    if min_pixels > 0:
+        return int(min_pixels)
+    cfg = model.cfg
+    if cfg.arch == "mabp" and cfg.decoder.nt_supervision == "none":
+        return int(cfg.inference.min_pixels)
+    return 0
+
+
 def evaluation_loop(model: torch.nn.Module, loader: Any, device: torch.device, nt_rule: str, threshold: float,
                     min_pixels: int = 0, amp: bool = False, criterion: Optional[torch.nn.Module] = None,
                     progress: bool = True, desc: str = "eval", total: Optional[int] = None,
@@ -120,6 +134,7 @@ def evaluation_loop(model: torch.nn.Module, loader: Any, device: torch.device, n
 
     from train import distributed as D
 
+    min_pixels = effective_min_pixels(model, min_pixels)
     size = int(model.cfg.image_size)
     home = _model_device(model)
     was_training = model.training
@@ -224,7 +239,8 @@ def evaluate_model(model: torch.nn.Module, dataset: Any, batch_size: int = 8, nt
         nt_rule: "first" / "last" / "any"; None = `model.cfg.inference.nt_rule`.
         threshold: mask threshold on sigmoid probabilities; None = `model.cfg.inference.threshold`.
         min_pixels: > 0 applies the paper-only rule (masks with fewer pixels at S×S count as no target);
-            0 (default) is the official protocol.
+            0 (default) is the official protocol, except for a model without an NT branch, which uses
+            its own `inference.min_pixels` (see `effective_min_pixels`).
         limit: evaluate only the first `limit` samples.
         device: "cpu" / "cuda" / ...; None = where the model already is. The model is moved back and
             its train/eval mode restored afterwards, so the training engine can call this mid-run.
@@ -253,6 +269,7 @@ def evaluate_model(model: torch.nn.Module, dataset: Any, batch_size: int = 8, nt
         raise ValueError(f"threshold must be strictly between 0 and 1 (a sigmoid probability), got {thr}")
     if min_pixels < 0:
         raise ValueError(f"min_pixels must be >= 0, got {min_pixels}")
+    min_pixels = effective_min_pixels(model, min_pixels)
     nt_thr = float(nt_threshold if nt_threshold is not None else cfg.inference.nt_threshold)
     for t in (nt_thr, *nt_thresholds):
         if not 0.0 < float(t) < 1.0:
@@ -478,7 +495,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="more no-target thresholds scored from the same pass (e.g. 0.5 beside a calibrated "
                         "checkpoint's own): a table in the report, 'per_nt_threshold' in results.json")
     p.add_argument("--min-pixels", type=int, default=0,
-                   help="paper-only rule: masks with fewer pixels count as no target (0 = official protocol)")
+                   help="paper-only rule: masks with fewer pixels count as no target (0 = official protocol; a "
+                        "checkpoint without an NT branch uses its own, 50)")
     p.add_argument("--limit", type=int, default=None, help="evaluate only the first N samples")
     p.add_argument("--out", default=None, help="output folder (default runs/eval/<ckpt-stem>-<dataset>-<split>/)")
     p.add_argument("--device", default="cpu", help="cpu or cuda[:i]")
