@@ -145,10 +145,17 @@ def validate(cfg: MABPConfig) -> None:
                              f"got {dec.rela_num_queries}")
 
 
+def has_nt_branch(cfg: MABPConfig) -> bool:
+    """False only for MABP built without any no-target branch (Table VI "branch removed",
+    `decoder.nt_supervision: none`); such a model decides emptiness by `inference.min_pixels`. ReLA and
+    every other MABP variant have one."""
+    return not (cfg.arch == "mabp" and cfg.decoder.nt_supervision == "none")
+
+
 def resolve_variant(cfg: MABPConfig) -> MABPConfig:
     """Validate, and fill what a switch implies: without an NT branch the paper decides emptiness by
     the < 50 positive pixels rule, so inference.min_pixels = 50 unless set to another positive value."""
     validate(cfg)
-    if cfg.arch == "mabp" and cfg.decoder.nt_supervision == "none" and cfg.inference.min_pixels == 0:
+    if not has_nt_branch(cfg) and cfg.inference.min_pixels == 0:
         cfg = cfg.override(**{"inference.min_pixels": PAPER_MIN_PIXELS})
     return cfg

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
 from mabp.postprocess import NT_RULES
+from mabp.variants import has_nt_branch
 
 # The base seed of the calibration stream: any value other than the training stream's default
 # (train.data.synthgres.dataset.DEFAULT_BASE_SEED) gives scenes that training never saw.
@@ -127,7 +128,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except (FileNotFoundError, CheckpointError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    if model.cfg.arch == "mabp" and model.cfg.decoder.nt_supervision == "none":
+    if not has_nt_branch(model.cfg):
         print("error: this model has no no-target branch (it decides emptiness by min_pixels): nothing to "
               "calibrate", file=sys.stderr)
         return 2

@@ -40,6 +40,7 @@ from torch.utils.data import DataLoader, Subset
 from mabp.metrics import (GRESMeter, format_breakdown, format_table, get_paper_row)
 from mabp.postprocess import NT_RULES, decide_no_target, nt_probabilities, postprocess
 from mabp.tokenizer import TextTokenizer
+from mabp.variants import has_nt_branch
 from train.collate import Collator
 from train.data import DATASET_NAMES, build_dataset
 from train.data.refer_common import DatasetError
@@ -105,10 +106,7 @@ def effective_min_pixels(model: torch.nn.Module, min_pixels: int = 0) -> int:
     (the official protocol)."""
     if min_pixels > 0:
         return int(min_pixels)
-    cfg = model.cfg
-    if cfg.arch == "mabp" and cfg.decoder.nt_supervision == "none":
-        return int(cfg.inference.min_pixels)
-    return 0
+    return 0 if has_nt_branch(model.cfg) else int(model.cfg.inference.min_pixels)
 
 
 def evaluation_loop(model: torch.nn.Module, loader: Any, device: torch.device, nt_rule: str, threshold: float,
