@@ -264,3 +264,33 @@ def test_photo_sweep_script_arguments_parse(tmp_path):
                          capture_output=True, text=True, timeout=300)
     assert out.returncode == 1, out.stderr[-1000:]
     assert "no finished run" in out.stderr and "--steps 4000" in out.stderr and "world photo" in out.stderr
+
+
+def test_paired_verdicts_by_hand():
+    """Per-seed differences: a shared seed effect that Welch counts as noise cancels when paired."""
+    runs = lambda vals: [{"N-acc": v, "gIoU": v, "seed": s} for s, v in vals.items()]  # noqa: E731
+    # every variant's seed 1 sits ~10 points under its seed 0; NT on all heads is +7 and +6 at each seed
+    res = {"table6_nt_last": runs({0: 60.0, 1: 50.0}), "table6_full": runs({0: 67.0, 1: 56.0}),
+           "table5_naive": runs({0: 60.0, 1: 61.0, 2: 59.0}), "table5_rsh": runs({1: 62.0, 2: 58.0}),
+           "table5_mmd": runs({0: 70.0})}
+    welch = {x["claim"]: x for x in ablate.claim_verdicts(res)}
+    paired = {x["claim"]: x for x in ablate.paired_verdicts(res)}
+    claim = "NT branch on all heads over the last head only"
+    assert welch[claim]["verdict"] == "within noise"  # +6.5 against 2 x sqrt(50/2 + 60.5/2) = ±14.9
+    p = paired[claim]
+    assert p["seeds"] == [0, 1] and p["diffs"] == [7.0, 6.0] and p["diff"] == 6.5
+    assert p["noise"] == pytest.approx(1.0) and p["verdict"] == "holds"  # 2 x stdev(7, 6) / sqrt(2)
+    assert p["p"] == pytest.approx(0.049, abs=1e-3)  # t = 6.5 / 0.5 = 13 with 1 degree of freedom
+    # only the seeds both variants ran are paired: RSH has seeds 1, 2 -> diffs +1, -1
+    rsh = paired["RSH over the naive head"]
+    assert rsh["seeds"] == [1, 2] and rsh["diffs"] == [1.0, -1.0] and rsh["verdict"] == "within noise"
+    assert "MMD over RIA/RLA" not in paired  # MMD ran seed 0 only, RSH seeds 1 and 2: nothing to pair
+    res["table5_rsh"].append({"gIoU": 65.0, "N-acc": 65.0, "seed": 0})
+    one = {x["claim"]: x for x in ablate.paired_verdicts(res)}["MMD over RIA/RLA"]
+    assert one["seeds"] == [0] and one["verdict"] == "one seed: noise unknown" and math.isnan(one["noise"])
+    # runs without a seed (results cached before the field) are left out, never mis-paired
+    assert ablate.paired_verdicts({"table6_nt_last": [{"N-acc": 1.0}], "table6_full": [{"N-acc": 2.0}]}) == []
+    table = ablate.format_tables(res, ablate.build_parser().parse_args([]))
+    assert "### The same claims, paired by seed" in table
+    assert "| NT branch on all heads over the last head only | N-acc | 0, 1 | +7.00, +6.00 | +6.50 | ±1.00 | 0.049 |" \
+        in table
