@@ -16,7 +16,7 @@ from train import ablate
 def test_ablate_runs_variants_and_writes_tables(tmp_path, capsys):
     torch.set_num_threads(1)
     out = tmp_path / "abl"
-    code = ablate.main(["--steps", "2", "--val-samples", "6", "--batch-size", "6", "--out", str(out),
+    code = ablate.main(["--steps", "2", "--val-samples", "13", "--batch-size", "13", "--out", str(out),
                         "--variants", "table5_naive", "table6_nt_none", "table5_full", "table6_full", "rela",
                         "--seeds-for", "rela=0,1", "--eval-every", "1",
                         "--set", "train.batch_size=2", "data.val_samples=4"])
@@ -31,15 +31,21 @@ def test_ablate_runs_variants_and_writes_tables(tmp_path, capsys):
     assert not (out / "table6_full").exists()
     for name in ("table5_naive", "table6_nt_none", "table5_full", "rela"):
         run = res[name][0]
-        assert run["steps"] == 2 and run["n"] == 6 and run["gIoU"] is not None
+        assert run["steps"] == 2 and run["n"] == 13 and run["gIoU"] is not None
         assert [p["step"] for p in run["curve"]] == [1, 2] and set(run["by_tag"]) <= set(ablate.TAGS)
         assert (out / name / "seed0" / "ablation_result.json").is_file()
+        # the threshold-free NT score (val sample 12 is the first no-target one): a percentage for every model with
+        # an NT branch, None without one
+        auroc = run["NT-AUROC"]
+        assert auroc is None if name == "table6_nt_none" else 0.0 <= auroc <= 100.0
+        assert all("NT-AUROC" in p for p in run["curve"])
     assert len(res["rela"]) == 2 and len(res["table5_naive"]) == 1  # --seeds-for
     assert (out / "curves.png").stat().st_size > 0
     assert "gIoU by target tag" in table and "The paper's claims" in table
+    assert "| no-target | NT AUROC | seeds |" in table
     assert {v["claim"] for v in data["verdicts"]} >= {"MABP over ReLA (gIoU)"}
     # a re-run resumes finished runs instead of training again
-    assert ablate.main(["--steps", "2", "--val-samples", "6", "--out", str(out), "--variants", "rela",
+    assert ablate.main(["--steps", "2", "--val-samples", "13", "--out", str(out), "--variants", "rela",
                         "--set", "train.batch_size=2", "data.val_samples=4"]) == 0
 
 

@@ -327,3 +327,28 @@ def test_engine_and_cli_share_one_evaluation_loop(tiny, synth, base_result):
     assert {k: metrics[k] for k in ("gIoU", "cIoU", "N-acc", "T-acc", "n")} == \
            {k: ref[k] for k in ("gIoU", "cIoU", "N-acc", "T-acc", "n")}
     assert [m["iou"] for m in meter.per_sample()] == [r["iou"] for r in base_result["per_sample"]]
+    assert metrics["NT-AUROC"] == pytest.approx(base_result["nt_auroc"], abs=1e-9)  # same probabilities
+
+
+def test_nt_auroc_ranks_no_target_probabilities():
+    from train.evaluate import nt_auroc
+
+    rec = lambda p, nt: {"nt_prob": p, "nt_probs": [p], "gt_nt": nt}  # noqa: E731
+    # no-target 0.9 outranks both targets, no-target 0.4 outranks one of them (0.2, not 0.6): 3 of 4 pairs
+    assert nt_auroc([rec(0.9, True), rec(0.2, False), rec(0.6, False), rec(0.4, True)]) == pytest.approx(75.0)
+    assert nt_auroc([rec(0.5, True), rec(0.5, False)]) == pytest.approx(50.0)  # a tie counts one half
+    assert nt_auroc([rec(0.9, True), rec(0.1, True)]) is None  # one kind of sample only: undefined
+    # a model without an NT branch has no probability to rank (nt_prob is its pixel rule's 0 / 1)
+    assert nt_auroc([{"nt_prob": 1.0, "nt_probs": [], "gt_nt": True},
+                     {"nt_prob": 0.0, "nt_probs": [], "gt_nt": False}]) is None
+    assert nt_auroc([]) is None
+
+
+def test_nt_auroc_of_a_real_evaluation_counts_pairs(base_result):
+    """The AUROC of evaluate_model equals the share of (no-target, target) pairs ranked right, counted here."""
+    per = base_result["per_sample"]
+    pos = [r["nt_prob"] for r in per if r["gt_nt"]]
+    neg = [r["nt_prob"] for r in per if not r["gt_nt"]]
+    wins = sum((p > q) + 0.5 * (p == q) for p in pos for q in neg)
+    assert base_result["nt_auroc"] == pytest.approx(100.0 * wins / (len(pos) * len(neg)))
+    assert "No-target AUROC" in format_report(base_result, "synthgres", "val")

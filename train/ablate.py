@@ -210,11 +210,12 @@ def run_variant(name: str, seed: int, args: argparse.Namespace) -> Dict[str, Any
     metrics = {k: res["metrics"].get(k) for k in METRICS}
     by_tag = res.get("breakdowns", {}).get("target", {})
     metrics["by_tag"] = {t: {m: by_tag[t].get(m) for m in ("gIoU", "cIoU", "N-acc", "n")} for t in by_tag}
+    metrics["NT-AUROC"] = res.get("nt_auroc")  # threshold-free; None for the NT-less variant
     log_path = out / "log.jsonl"
     train_records = [json.loads(line) for line in log_path.read_text().splitlines() if line.strip()] \
         if log_path.is_file() else []
-    metrics["curve"] = [{"step": r["step"], "gIoU": r.get("gIoU"), "N-acc": r.get("N-acc")}
-                        for r in train_records if r.get("type") == "eval"]
+    metrics["curve"] = [{"step": r["step"], "gIoU": r.get("gIoU"), "N-acc": r.get("N-acc"),
+                         "NT-AUROC": r.get("NT-AUROC")} for r in train_records if r.get("type") == "eval"]
     # wall-clock of the training itself: this call's, or for a run resumed across sessions the sum of the
     # logged intervals (each train record covers the steps since the previous one)
     logged, prev = 0.0, 0
@@ -270,9 +271,12 @@ def format_tables(results: Dict[str, List[Dict[str, Any]]], args: argparse.Names
     lines.append("N-acc / T-acc here: ReLA's definitions (TP/(TP+FN), TN/(TN+FP)); no-target rule "
                  f"{next((r[0].get('nt_rule') for r in results.values() if r), '?')}; variants without an NT branch use the "
                  "paper's < 50 positive pixels rule.")
+    # the NT AUROC column only once some run has it (results from before it existed lack the field)
+    auroc = any(r.get("NT-AUROC") is not None for runs in results.values() for r in runs)
     lines += ["", "### gIoU by target tag (N-acc for no-target)", "",
-              "| model | " + " | ".join(TAGS) + " | seeds | s / training step (median) |",
-              "|---|" + "---|" * (len(TAGS) + 2)]
+              "| model | " + " | ".join(TAGS) + (" | NT AUROC" if auroc else "")
+              + " | seeds | s / training step (median) |",
+              "|---|" + "---|" * (len(TAGS) + 2 + auroc)]
     labels = {k: label for rows in ROWS.values() for k, label in rows}
     for key, runs in results.items():
         if key in ALIASES:
@@ -281,6 +285,8 @@ def format_tables(results: Dict[str, List[Dict[str, Any]]], args: argparse.Names
         for t in TAGS:
             m = "N-acc" if t == "no-target" else "gIoU"
             cells.append(_fmt([(r.get("by_tag") or {}).get(t, {}).get(m) for r in runs]))
+        if auroc:
+            cells.append(_fmt([r.get("NT-AUROC") for r in runs]))
         cost = _fmt([r["sec_per_step"] for r in runs if r.get("sec_per_step")])
         lines.append(f"| {labels.get(key, key)} | " + " | ".join(cells) + f" | {len(runs)} | {cost} |")
     verdicts = claim_verdicts(results)

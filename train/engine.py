@@ -65,7 +65,7 @@ from train.sampler import ShardedBatchSampler, eval_shard
 from train.visual_cache import VisualFeatureCache, cacheable_visual_pass
 from train.warm_start import load_adapted
 
-EVAL_KEYS = ("gIoU", "cIoU", "N-acc", "T-acc", "Pr@0.7", "Pr@0.8", "Pr@0.9")
+EVAL_KEYS = ("gIoU", "cIoU", "N-acc", "T-acc", "Pr@0.7", "Pr@0.8", "Pr@0.9", "NT-AUROC")
 BEST_METRIC = "gIoU"
 
 
@@ -82,9 +82,10 @@ def evaluate(model: nn.Module, loader: DataLoader, device: torch.device, nt_rule
 
     The loop is train.evaluate's (`evaluation_loop`), so training-time validation and the CLI score
     identically: masks decided at S x S against the batch's S x S GT, the raw (un-zeroed) masks scored.
-    metrics = meter.compute() + "val_loss" (when a criterion is given) + "breakdown" (per target tag).
+    metrics = meter.compute() + "val_loss" (when a criterion is given) + "breakdown" (per target tag) +
+    "NT-AUROC" (% or None; train.evaluate.nt_auroc).
     """
-    from train.evaluate import evaluation_loop
+    from train.evaluate import evaluation_loop, nt_auroc
 
     shard = getattr(loader.dataset, "indices", None)  # the Subset of this rank's eval shard
     acc = evaluation_loop(unwrap(model), loader, device, nt_rule, threshold, min_pixels, amp, criterion=criterion,
@@ -95,6 +96,7 @@ def evaluate(model: nn.Module, loader: DataLoader, device: torch.device, nt_rule
         metrics["val_loss"] = acc["loss_sum"] / acc["loss_n"] if acc["loss_n"] else None
     if len(meter):
         metrics["breakdown"] = meter.breakdown("target")
+        metrics["NT-AUROC"] = nt_auroc(acc["records"])  # None without an NT branch or one kind of sample
     return metrics, meter
 
 

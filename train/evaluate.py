@@ -199,6 +199,7 @@ def evaluation_loop(model: torch.nn.Module, loader: Any, device: torch.device, n
                                     "image_id": batch["image_ids"][b], "ref_id": batch["ref_ids"][b],
                                     "sent_id": batch["sent_ids"][b], "sentence": batch["sentences"][b],
                                     "truncated": bool(batch["truncated"][b]), "nt_prob": float(nt_prob[b]),
+                                    "gt_nt": bool(gt_nt[b]),
                                     "nt_probs": [] if head_probs is None else [float(p) for p in head_probs[:, b]]})
                 bar.update(b_size)
                 if step % 25 == 0:  # compute() scans every sample so far: not on every batch
@@ -220,6 +221,32 @@ def evaluation_loop(model: torch.nn.Module, loader: Any, device: torch.device, n
         records = [r for part in D.all_gather_object(records) for r in part]
     return {"meter": meter, "rule_meters": rule_meters, "threshold_meters": threshold_meters,
             "head_counts": head_counts, "records": records, "loss_sum": loss_sum, "loss_n": loss_n}
+
+
+def nt_auroc(per_sample: Sequence[Mapping[str, Any]]) -> Optional[float]:
+    """Area under the ROC curve of the no-target probability, in % (threshold-free NT quality).
+
+    N-acc and T-acc depend on the NT threshold (0.5), and a short training run can sit on either side of
+    it from one evaluation to the next; the AUROC asks only whether no-target samples get a higher
+    no-target probability than target samples (100 = perfectly ranked, 50 = chance). It scores the
+    probability that decides under the run's rule ("nt_prob": head 0, the last head or the max over
+    heads; mabp.postprocess.decide_no_target), with scikit-learn's roc_auc_score (ties count one half).
+
+    Args:
+        per_sample: evaluation_loop's records or evaluate_model's "per_sample" ("nt_prob" float,
+            "nt_probs" list, "gt_nt" bool).
+    Returns:
+        the AUROC in [0, 100], or None when it is undefined: a model without an NT branch (its
+        emptiness is the pixel rule: no probability to rank) or samples of one kind only.
+    """
+    if not per_sample or not all(r.get("nt_probs") for r in per_sample):
+        return None
+    labels = [bool(r["gt_nt"]) for r in per_sample]
+    if all(labels) or not any(labels):
+        return None
+    from sklearn.metrics import roc_auc_score
+
+    return 100.0 * float(roc_auc_score(labels, [float(r["nt_prob"]) for r in per_sample]))
 
 
 def evaluate_model(model: torch.nn.Module, dataset: Any, batch_size: int = 8, nt_rule: Optional[str] = None,
@@ -252,7 +279,8 @@ def evaluate_model(model: torch.nn.Module, dataset: Any, batch_size: int = 8, nt
     Returns:
         {"metrics": GRESMeter.compute(), "breakdowns": {tag key: {group: metrics}},
          "per_head_nt": [per NT head accuracy figures], "per_rule": {rule: metrics},
-         "per_sample": [one dict per sample], "per_nt_threshold": {threshold: metrics}, "nt_rule",
+         "per_sample": [one dict per sample], "per_nt_threshold": {threshold: metrics},
+         "nt_auroc" (% or None; see nt_auroc), "nt_rule",
          "threshold", "nt_threshold", "min_pixels", "eval_size", "n",
          "wall_time_s", "samples_per_s", "device", "amp"}
     """
@@ -317,6 +345,7 @@ def evaluate_model(model: torch.nn.Module, dataset: Any, batch_size: int = 8, nt
         breakdowns["group"].pop("None", None)
     return {
         "metrics": meter.compute(),
+        "nt_auroc": nt_auroc(per_sample),
         "breakdowns": breakdowns,
         "per_head_nt": [dict(_nt_summary(c), head=k) for k, c in enumerate(head_counts)],
         "per_rule": {r: m.compute() for r, m in rule_meters.items()},
@@ -423,7 +452,10 @@ def format_report(result: Mapping[str, Any], dataset: str, split: str, acc: str 
            f"MABP-code N-acc {_fmt(m['N-acc(MABP-code)'])}, T-acc {_fmt(m['T-acc(MABP-code)'])} "
            "(TP/(TP+FN+1), TP/(TP+FP+1)); "
            f"ReLA N-acc {_fmt(m['N-acc'])}, T-acc {_fmt(m['T-acc'])} (TP/(TP+FN), TN/(TN+FP)). "
-           f"Outcomes TP {m['TP']} FN {m['FN']} FP {m['FP']} TN {m['TN']}."]
+           f"Outcomes TP {m['TP']} FN {m['FN']} FP {m['FP']} TN {m['TN']}."
+           + (f" No-target AUROC {_fmt(result['nt_auroc'])} (threshold-free: how well the no-target "
+              "probability ranks no-target above target samples; 50 = chance)."
+              if result.get("nt_auroc") is not None else "")]
     titles = {"target": "By target tag", "type": "By expression type", "nt_kind": "By no-target kind",
               "group": "By taxonomy group (photo world)", "world": "By world"}
     for key, bd in result["breakdowns"].items():
