@@ -358,8 +358,8 @@ def paired_verdicts(results: Dict[str, List[Dict[str, Any]]]) -> List[Dict[str, 
     Runs with one seed share its data order (train.sampler.ShardedBatchSampler is seeded by train.seed; the
     SynthGRES samples themselves are the same for every seed) and the global RNG state from which the
     weights are drawn, so a seed that is lucky for one variant tends to be lucky for the others (on the
-    photo world, 4,000 steps, every variant with an NT branch has its seed-1 N-acc 10-17 points under its
-    seed 0). Differencing within a seed removes that shared part; Welch's unpaired test (claim_verdicts)
+    photo world, 4,000 steps, every RSH-based variant with an NT branch has its seed-1 N-acc 10-17 points
+    under its seed 0). Differencing within a seed removes that shared part; Welch's unpaired test (claim_verdicts)
     counts it as noise. Needs the "seed" field that main() adds to each run's metrics; runs without it
     are left out. Returns one dict per claim with >= 1 common seed: seeds, per-seed diffs, their mean,
     noise = 2 x std error of the mean difference (NaN with one seed), p of the paired t-test
