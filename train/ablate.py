@@ -320,9 +320,10 @@ def format_tables(results: Dict[str, List[Dict[str, Any]]], args: argparse.Names
                          f"{p_value} | {paper} | **{v['verdict']}** |")
         lines.append("")
         lines.append("Paired: each claim's variant minus its baseline at the same seed, over the seeds both were "
-                     "run with. A seed fixes the data order and the RNG at the model build for every variant, so "
-                     "pairing removes the seed's shared luck from the noise; p is the paired two-sided t-test "
-                     "(1 degree of freedom with 2 seeds, so it stays coarse).")
+                     "run with. A seed fixes the data order for every variant (and the RNG state before the model "
+                     "is built), so pairing removes any luck a seed shares across variants; p is the paired "
+                     "two-sided t-test (1 degree of freedom with 2 seeds, so it stays coarse). A claim that "
+                     "passes only one of the two analyses is suggestive: neither corrects for multiple tests.")
     return "\n".join(lines)
 
 
@@ -356,10 +357,10 @@ def paired_verdicts(results: Dict[str, List[Dict[str, Any]]]) -> List[Dict[str, 
     """The paper's claims tested on per-seed differences (variant − baseline at the same seed).
 
     Runs with one seed share its data order (train.sampler.ShardedBatchSampler is seeded by train.seed; the
-    SynthGRES samples themselves are the same for every seed) and the global RNG state from which the
-    weights are drawn, so a seed that is lucky for one variant tends to be lucky for the others (on the
-    photo world, 4,000 steps, every RSH-based variant with an NT branch has its seed-1 N-acc 10-17 points
-    under its seed 0). Differencing within a seed removes that shared part; Welch's unpaired test (claim_verdicts)
+    SynthGRES samples themselves are the same for every seed) and the global RNG state before the model is
+    built (different architectures draw different weights from it), so a seed that is lucky for one
+    variant may be lucky for the others (on the photo world, 4,000 steps, the five variants with RSH and
+    an NT branch all have their seed-1 N-acc 10-17 points under their seed 0: 1 in 16 by chance). Differencing within a seed removes that shared part; Welch's unpaired test (claim_verdicts)
     counts it as noise. Needs the "seed" field that main() adds to each run's metrics; runs without it
     are left out. Returns one dict per claim with >= 1 common seed: seeds, per-seed diffs, their mean,
     noise = 2 x std error of the mean difference (NaN with one seed), p of the paired t-test
