@@ -37,7 +37,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from mabp.variants import VARIANTS
 
@@ -295,9 +295,7 @@ def format_tables(results: Dict[str, List[Dict[str, Any]]], args: argparse.Names
                   "| claim | metric | ours (variant − baseline) | noise (2 × std error) | p (Welch) | paper | verdict |",
                   "|---|---|---|---|---|---|---|"]
         for v in verdicts:
-            paper = "–" if v["paper"] is None else f"+{v['paper']:.2f}"
-            noise = "–" if math.isnan(v["noise"]) else f"±{v['noise']:.2f}"
-            p_value = "–" if math.isnan(v["p"]) else f"{v['p']:.3f}" if v["p"] >= 0.001 else "< 0.001"
+            noise, p_value, paper = _claim_cells(v)
             lines.append(f"| {v['claim']} | {v['metric']} | {v['diff']:+.2f} | {noise} | {p_value} | {paper} | "
                          f"**{v['verdict']}** |")
         lines.append("")
@@ -311,9 +309,7 @@ def format_tables(results: Dict[str, List[Dict[str, Any]]], args: argparse.Names
                   "| claim | metric | seeds | per-seed differences | mean | noise (2 × std error) | p (paired t) | "
                   "paper | verdict |", "|---|---|---|---|---|---|---|---|---|"]
         for v in paired:
-            paper = "–" if v["paper"] is None else f"+{v['paper']:.2f}"
-            noise = "–" if math.isnan(v["noise"]) else f"±{v['noise']:.2f}"
-            p_value = "–" if math.isnan(v["p"]) else f"{v['p']:.3f}" if v["p"] >= 0.001 else "< 0.001"
+            noise, p_value, paper = _claim_cells(v)
             seeds = ", ".join(str(s) for s in v["seeds"])
             diffs = ", ".join(f"{d:+.2f}" for d in v["diffs"])
             lines.append(f"| {v['claim']} | {v['metric']} | {seeds} | {diffs} | {v['diff']:+.2f} | {noise} | "
@@ -325,6 +321,19 @@ def format_tables(results: Dict[str, List[Dict[str, Any]]], args: argparse.Names
                      "two-sided t-test (1 degree of freedom with 2 seeds, so it stays coarse). A claim that "
                      "passes only one of the two analyses is suggestive: neither corrects for multiple tests.")
     return "\n".join(lines)
+
+
+def _claim_cells(v: Dict[str, Any]) -> Tuple[str, str, str]:
+    """(noise, p, paper) table cells of one verdict from claim_verdicts or paired_verdicts."""
+    noise = "–" if math.isnan(v["noise"]) else f"±{v['noise']:.2f}"
+    p_value = "–" if math.isnan(v["p"]) else f"{v['p']:.3f}" if v["p"] >= 0.001 else "< 0.001"
+    paper = "–" if v["paper"] is None else f"+{v['paper']:.2f}"
+    return noise, p_value, paper
+
+
+def _verdict(diff: float, noise: float) -> str:
+    """The verdict rule shared by both analyses: beyond 2 x SE either way, or within noise."""
+    return "holds" if diff > noise else "reversed" if diff < -noise else "within noise"
 
 
 def claim_verdicts(results: Dict[str, List[Dict[str, Any]]]) -> List[Dict[str, Any]]:
@@ -341,7 +350,7 @@ def claim_verdicts(results: Dict[str, List[Dict[str, Any]]]) -> List[Dict[str, A
             noise, verdict = float("nan"), "one seed: noise unknown"
         else:
             noise = 2 * (statistics.variance(a) / len(a) + statistics.variance(b) / len(b)) ** 0.5
-            verdict = "holds" if diff > noise else "reversed" if diff < -noise else "within noise"
+            verdict = _verdict(diff, noise)
             if noise > 0:
                 # Welch's t-test (two-sided): with 2-3 seeds per side, 2 x SE is a lenient bar, and the
                 # p-value says how lenient (t with ~2-4 degrees of freedom)
@@ -360,17 +369,17 @@ def paired_verdicts(results: Dict[str, List[Dict[str, Any]]]) -> List[Dict[str, 
     SynthGRES samples themselves are the same for every seed) and the global RNG state before the model is
     built (different architectures draw different weights from it), so a seed that is lucky for one
     variant may be lucky for the others (on the photo world, 4,000 steps, the five variants with RSH and
-    an NT branch all have their seed-1 N-acc 10-17 points under their seed 0: 1 in 16 by chance). Differencing within a seed removes that shared part; Welch's unpaired test (claim_verdicts)
-    counts it as noise. Needs the "seed" field that main() adds to each run's metrics; runs without it
+    an NT branch all have their seed-1 N-acc 10-17 points under their seed 0: 1 in 16 by chance).
+    Differencing within a seed removes that shared part; Welch's unpaired test (claim_verdicts) counts it
+    as noise. Needs the "seed" field that main() adds to each run's metrics; runs without it
     are left out. Returns one dict per claim with >= 1 common seed: seeds, per-seed diffs, their mean,
     noise = 2 x std error of the mean difference (NaN with one seed), p of the paired t-test
     (scipy.stats.ttest_rel, two-sided; NaN when undefined) and the same verdict rule as claim_verdicts.
     """
     out = []
     for claim, base, variant, metric, paper in CLAIMS:
-        a = {r["seed"]: r.get(metric) for r in results.get(base, []) if "seed" in r and r.get(metric) is not None}
-        b = {r["seed"]: r.get(metric) for r in results.get(variant, [])
-             if "seed" in r and r.get(metric) is not None}
+        a, b = ({r["seed"]: r[metric] for r in results.get(k, []) if "seed" in r and r.get(metric) is not None}
+                for k in (base, variant))
         seeds = sorted(set(a) & set(b))
         if not seeds:
             continue
@@ -381,7 +390,7 @@ def paired_verdicts(results: Dict[str, List[Dict[str, Any]]]) -> List[Dict[str, 
             verdict = "one seed: noise unknown"
         else:
             noise = 2 * statistics.stdev(diffs) / len(diffs) ** 0.5
-            verdict = "holds" if diff > noise else "reversed" if diff < -noise else "within noise"
+            verdict = _verdict(diff, noise)
             if noise > 0:
                 from scipy.stats import ttest_rel
 

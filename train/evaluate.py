@@ -334,7 +334,7 @@ def evaluate_model(model: torch.nn.Module, dataset: Any, batch_size: int = 8, nt
     per_sample = []
     for rec, m in zip(records, meter.per_sample()):
         per_sample.append({**rec, "iou": m["iou"], "outcome": m["outcome"], "pred_nt": m["outcome"] in ("TP", "FP"),
-                           "gt_nt": m["outcome"] in ("TP", "FN"), "I": m["I"], "U": m["U"],
+                           "I": m["I"], "U": m["U"],  # "gt_nt" comes with the loop's record
                            "pred_pixels": m["pred_pixels"], "gt_pixels": m["gt_pixels"], "tags": m["tags"]})
     tags = [r["tags"] for r in per_sample]
     breakdowns = {key: meter.breakdown(key) for key in BREAKDOWN_KEYS
