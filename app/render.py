@@ -199,16 +199,19 @@ ENGINES = {"onnxruntime": "ONNX Runtime", "pytorch": "PyTorch"}
 
 
 def latency_text(model_ms: float, set_image_ms: Optional[float] = None, cached: bool = False,
-                 engine: Optional[str] = None) -> str:
+                 engine: Optional[str] = None, flip_tta: bool = False) -> str:
     """One line of timing. model_ms is the predictor's latency (text + fusion + decoders + post); engine
-    ("onnxruntime" | "pytorch", GRESResult.extras["engine"]) names what ran the fusion and decoders."""
+    ("onnxruntime" | "pytorch", GRESResult.extras["engine"]) names what ran the fusion and decoders;
+    flip_tta (GRESResult.extras["flip_tta"]) says each figure covers two passes (mabp/flip_tta.py)."""
+    tta = "two passes: the image and its mirror" if flip_tta else ""
     if cached:
         first = f"model time {model_ms:.0f} ms (outputs cached for this image and expression: post-processing only)"
     else:
-        first = f"model time {model_ms:.0f} ms" + (f" ({ENGINES.get(engine, engine)})" if engine else "")
+        notes = ", ".join(x for x in ((ENGINES.get(engine, engine) if engine else ""), tta) if x)
+        first = f"model time {model_ms:.0f} ms" + (f" ({notes})" if notes else "")
     parts = [first]
     if set_image_ms is not None:
-        parts.append(f"image encoding {set_image_ms:.0f} ms (once per image)")
+        parts.append(f"image encoding {set_image_ms:.0f} ms (once per image{', both views' if flip_tta else ''})")
     return " · ".join(parts)
 
 

@@ -240,7 +240,8 @@ class DemoCallbacks:
         tiles = [(self._file(t, "head"), c) for t, c in
                  render.head_mask_tiles(rgb if session.display is None else session.display, r.head_masks)]
         set_ms = self.service.set_image_ms.get(session.key)
-        latency = render.latency_text(r.latency_ms, set_ms, cached=cached, engine=r.extras.get("engine"))
+        latency = render.latency_text(r.latency_ms, set_ms, cached=cached, engine=r.extras.get("engine"),
+                                      flip_tta=bool(r.extras.get("flip_tta")))
         notes = self.service.notes.get(session.key)
         if notes:
             latency += "  \nInput: " + "; ".join(notes) + "."

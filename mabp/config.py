@@ -147,6 +147,9 @@ class InferenceConfig:
     # A head votes "no target" when its NT probability exceeds this. 0.5 is the argmax of the official
     # code (the paper's); another value is an operating point chosen on held-out data (train.calibrate).
     nt_threshold: float = 0.5
+    # Also answer on the mirrored image with left/right swapped and average the two (mabp/flip_tta.py).
+    # Not in the paper or the official code: off for every preset.
+    flip_tta: bool = False
 
 
 @dataclass

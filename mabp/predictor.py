@@ -27,6 +27,7 @@ import cv2
 import numpy as np
 import torch
 
+from .flip_tta import merge_flipped, mirror_id_pairs, mirror_token_ids
 from .image_io import DEFAULT_MAX_PIXELS, InputError, to_rgb_uint8
 from .introspect import DecoderRecorder, Introspection, build_introspection, head_query_counts
 from .postprocess import decide_no_target, nt_probabilities, postprocess
@@ -80,20 +81,27 @@ class VideoFrameResult:
 
 class MABPPredictor:
     def __init__(self, model: torch.nn.Module, device: Optional[str] = None,
-                 max_pixels: int = DEFAULT_MAX_PIXELS, cache_texts: int = 16, fast_path=None):
+                 max_pixels: int = DEFAULT_MAX_PIXELS, cache_texts: int = 16, fast_path=None,
+                 flip_tta: Optional[bool] = None):
         """fast_path: an optional `mabp.fast_path.OnnxFastPath` built for `model` (shareable by the
         predictors of one model): it encodes images and answers expressions when it accepts the inputs;
-        eager PyTorch does the rest (introspection included: it needs forward hooks)."""
+        eager PyTorch does the rest (introspection included: it needs forward hooks).
+        flip_tta: also answer on the mirrored image with left/right swapped and average the two
+        (mabp/flip_tta.py; twice the model time); None = the model's `cfg.inference.flip_tta`.
+        Raises ValueError when flip TTA is asked for and the vocabulary lacks "left" / "right"."""
         self.model = model.eval()
         self.fast_path = fast_path
         self.device = torch.device(device) if device else next(model.parameters()).device
         self.model.to(self.device)
         self.cfg = model.cfg
         self.tokenizer = TextTokenizer(self.cfg.text)
+        self.flip_tta = bool(self.cfg.inference.flip_tta if flip_tta is None else flip_tta)
+        self._mirror_pairs = mirror_id_pairs(self.tokenizer.tokenizer.get_vocab()) if self.flip_tta else []
         self.max_pixels = max_pixels
         self._image: Optional[np.ndarray] = None
         self._tensor: Optional[torch.Tensor] = None
         self._visual = None
+        self._visual_mirrored = None  # flip TTA: the mirrored image's cached features
         self._outputs: "OrderedDict[str, dict]" = OrderedDict()  # text -> raw model outputs on this image
         self._cache_texts = cache_texts
         # text -> (tokenizer output, text-encoder output). The text encoder never sees the image, so its
@@ -128,19 +136,24 @@ class MABPPredictor:
         t0 = time.perf_counter()
         rgb = to_rgb_uint8(image, self.max_pixels)
         tensor = self.preprocess(rgb)
-        visual = None
-        if self.fast_path is not None and self.fast_path.accepts_image(tensor):
-            visual = self.fast_path.encode_visual(tensor)  # the fast path exists only for cacheable models
-        elif self.model.visual_cacheable():
-            visual = self.model.encode_visual(tensor)
+        visual = self._encode_visual(tensor)
+        visual_m = self._encode_visual(tensor.flip(-1)) if self.flip_tta else None
         with self._cache_lock:
-            self._image, self._tensor, self._visual = rgb, tensor, visual
+            self._image, self._tensor, self._visual, self._visual_mirrored = rgb, tensor, visual, visual_m
             self._outputs.clear()
         self.set_image_ms = (time.perf_counter() - t0) * 1000
 
+    def _encode_visual(self, tensor: torch.Tensor):
+        """The language-free features of (1, 3, S, S) `tensor` when the model allows caching them, else None."""
+        if self.fast_path is not None and self.fast_path.accepts_image(tensor):
+            return self.fast_path.encode_visual(tensor)  # the fast path exists only for cacheable models
+        if self.model.visual_cacheable():
+            return self.model.encode_visual(tensor)
+        return None
+
     def reset_image(self) -> None:
         with self._cache_lock:
-            self._image = self._tensor = self._visual = None
+            self._image = self._tensor = self._visual = self._visual_mirrored = None
             self._outputs.clear()
 
     def has_outputs(self, text: str) -> bool:
@@ -192,7 +205,7 @@ class MABPPredictor:
         with self._cache_lock:
             if self._tensor is None:
                 raise InputError("No image is set: call set_image(image) first.")
-            image, visual, tensor = self._image, self._visual, self._tensor
+            image, visual, tensor, visual_m = self._image, self._visual, self._tensor, self._visual_mirrored
             hit = self._outputs.get(text)
             if hit is not None and (not record or "records" in hit):
                 self._outputs.move_to_end(text)
@@ -201,10 +214,15 @@ class MABPPredictor:
         t0 = time.perf_counter()
         records = None
         fast = tok is not None and self.fast_path.accepts(visual, tok.input_ids, tok.attention_mask)
+        if fast and self.flip_tta:
+            fast = visual_m is not None and self.fast_path.accepts(visual_m, tok.input_ids, tok.attention_mask)
         if fast:
             # the whole expression pass in ONNX Runtime, the text encoder included (mabp/fast_path.py:
             # PyTorch work between ORT runs shares the cores with ORT's waiting threads)
             out = self.fast_path(visual, tok.input_ids, tok.attention_mask)
+            if self.flip_tta:
+                ids_m = mirror_token_ids(tok.input_ids, self._mirror_pairs)
+                out = merge_flipped(out, self.fast_path(visual_m, ids_m, tok.attention_mask))
         elif fast_only:
             raise FastPathRefused("the fast path cannot answer this expression (introspection, no fast path, "
                                   "or inputs of another shape)")
@@ -218,6 +236,14 @@ class MABPPredictor:
                 records = rec.records
             else:
                 out = self.model.forward_features(feats, lang, mask)
+            if self.flip_tta:
+                # The mirrored pass (no hooks: introspection shows the first pass, its masks averaged).
+                ids = tok.input_ids.to(self.device)
+                ids_m = mirror_token_ids(ids, self._mirror_pairs)
+                lang_m = lang if torch.equal(ids_m, ids) else self.model.encode_text(ids_m, mask)
+                feats_m = self.model.fuse(lang_m, mask, images=None if visual_m is not None else tensor.flip(-1),
+                                          visual=visual_m)
+                out = merge_flipped(out, self.model.forward_features(feats_m, lang_m, mask))
         entry = {"outputs": out, "tok": tok, "model_ms": (time.perf_counter() - t0) * 1000,
                  "path": "onnxruntime" if fast else "pytorch"}
         if records is not None:
@@ -278,7 +304,7 @@ class MABPPredictor:
         has_nt = any(n is not None for n in out["nt_logits"])
         nt_probs = nt_probabilities(out["nt_logits"])[:, 0].tolist() if has_nt else []
         head_masks = [(m[0].float().sigmoid() > threshold).cpu().numpy() for m in out["pred_masks"]]
-        extras = {"engine": entry["path"]}  # what ran fusion + decoders: onnxruntime | pytorch
+        extras = {"engine": entry["path"], "flip_tta": self.flip_tta}  # engine: onnxruntime | pytorch
         if introspect:
             extras["introspection"] = build_introspection(
                 entry["records"], out, tok.tokens[0], tok.attention_mask[0].tolist(), (h, w),

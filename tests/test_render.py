@@ -79,6 +79,8 @@ def test_latency_text():
     assert "cached" in t and "image encoding 81 ms" in t and "ONNX" not in t  # nothing ran: no engine
     assert render.latency_text(38.4, engine="onnxruntime").startswith("model time 38 ms (ONNX Runtime)")
     assert "(PyTorch)" in render.latency_text(60.0, engine="pytorch")
+    t = render.latency_text(70.0, 90.0, engine="onnxruntime", flip_tta=True)
+    assert "(ONNX Runtime, two passes: the image and its mirror)" in t and "both views" in t
 
 
 def test_region_at_inside_and_nearest():

@@ -51,14 +51,18 @@ def choose_threshold(per_threshold: Dict[float, Dict[str, Any]], metric: str = "
     return max(scored)[2]
 
 
-def write_calibrated(src: Path, dst: Path, threshold: float, record: Dict[str, Any]) -> Path:
+def write_calibrated(src: Path, dst: Path, threshold: float, record: Dict[str, Any],
+                     flip_tta: Optional[bool] = None) -> Path:
     """Copy checkpoint `src` to `dst` with config.inference.nt_threshold = `threshold` and the
-    `nt_calibration` record; weights untouched, checksum renewed. Raises CheckpointError /
+    `nt_calibration` record; weights untouched, checksum renewed. `flip_tta` (not None) also sets
+    config.inference.flip_tta: the threshold was chosen on flip-averaged answers. Raises CheckpointError /
     FileNotFoundError for an unreadable source and CheckpointWriteError when `dst` cannot be written."""
     from mabp.registry import content_digest, load_checkpoint, write_checkpoint_file
 
     ckpt = load_checkpoint(src)
     ckpt["config"].setdefault("inference", {})["nt_threshold"] = float(threshold)
+    if flip_tta is not None:
+        ckpt["config"]["inference"]["flip_tta"] = bool(flip_tta)
     ckpt["nt_calibration"] = record
     ckpt.pop("checksum", None)
     ckpt["checksum"] = {"sha256": content_digest(ckpt)}
@@ -94,6 +98,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=CALIBRATION_SEED, help="synthgres: base seed of the calibration stream")
     p.add_argument("--grid", type=float, nargs="+", default=list(DEFAULT_GRID), help="thresholds to score")
     p.add_argument("--nt-rule", choices=NT_RULES, default=None, help="no-target rule (default: the checkpoint's)")
+    p.add_argument("--flip-tta", action=argparse.BooleanOptionalAction, default=None,
+                   help="calibrate on flip-averaged answers (mabp/flip_tta.py) and store inference.flip_tta in "
+                        "--out (default: the checkpoint's setting, kept as it is)")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--no-progress", action="store_true")
@@ -150,12 +157,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     grid = sorted({round(float(t), 4) for t in args.grid} | {0.5})
     current = float(model.cfg.inference.nt_threshold)
     res = evaluate_model(model, dataset, batch_size=args.batch_size, nt_rule=args.nt_rule, limit=args.samples,
-                         progress=not args.no_progress, nt_thresholds=grid, desc="calibrate")
+                         progress=not args.no_progress, nt_thresholds=grid, desc="calibrate",
+                         flip_tta=args.flip_tta)
     per = res["per_nt_threshold"]
     chosen = choose_threshold(per)
     where = (f"synthgres {split} stream, {world} world, base seed {args.seed}" if synth
              else f"{args.dataset} {split}")
-    print(f"calibration on {res['n']} expressions ({where}), no-target rule '{res['nt_rule']}':\n")
+    print(f"calibration on {res['n']} expressions ({where}), no-target rule '{res['nt_rule']}'"
+          f"{', flip TTA' if res['flip_tta'] else ''}:\n")
     print(format_grid(per, chosen, current))
     print(f"\nchosen no-target threshold: {chosen:g} (gIoU {per[chosen]['gIoU']:.2f} against "
           f"{per[0.5]['gIoU']:.2f} at 0.5, the official argmax)")
@@ -163,15 +172,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         record: Dict[str, Any] = {
             "data": where, "dataset": args.dataset, "split": split, "world": world,
             "seed": args.seed if synth else None, "n": int(res["n"]), "nt_rule": res["nt_rule"],
-            "criterion": "gIoU", "chosen": chosen, "previous": current,
+            "criterion": "gIoU", "chosen": chosen, "previous": current, "flip_tta": bool(res["flip_tta"]),
             "grid": {f"{t:g}": {k: per[t].get(k) for k in ("gIoU", "cIoU", "N-acc", "T-acc")} for t in grid},
         }
         try:
-            dst = write_calibrated(src, Path(args.out), chosen, record)
+            dst = write_calibrated(src, Path(args.out), chosen, record, flip_tta=args.flip_tta)
         except OSError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 1
-        print(f"wrote {dst} ({dst.stat().st_size / 2**20:.1f} MB): inference.nt_threshold = {chosen:g}")
+        print(f"wrote {dst} ({dst.stat().st_size / 2**20:.1f} MB): inference.nt_threshold = {chosen:g}"
+              f", inference.flip_tta = {bool(res['flip_tta'])}")
     return 0
 
 

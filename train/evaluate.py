@@ -37,6 +37,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Subset
 
+from mabp.flip_tta import FlipTTA
 from mabp.metrics import (GRESMeter, format_breakdown, format_table, get_paper_row)
 from mabp.postprocess import NT_RULES, decide_no_target, nt_probabilities, postprocess
 from mabp.tokenizer import TextTokenizer
@@ -114,12 +115,14 @@ def evaluation_loop(model: torch.nn.Module, loader: Any, device: torch.device, n
                     progress: bool = True, desc: str = "eval", total: Optional[int] = None,
                     sample_indices: Optional[Sequence[int]] = None,
                     amp_dtype: torch.dtype = torch.float16, nt_threshold: float = 0.5,
-                    nt_thresholds: Sequence[float] = ()) -> Dict[str, Any]:
+                    nt_thresholds: Sequence[float] = (), flip_tta: Optional[bool] = None) -> Dict[str, Any]:
     """The one evaluation loop (this CLI and the training engine): every batch of `loader` (collated by
     `train.collate.Collator`, S x S) through `model` on `device`, scored with the §4 protocol.
 
     `nt_threshold` is the NT probability above which a head votes "no target" (0.5: argmax, the official
     decision); each of `nt_thresholds` gets its own meter scored from the same pass (train.calibrate).
+    `flip_tta` (None: `model.cfg.inference.flip_tta`) answers every sample twice, the second time mirrored
+    with left/right swapped, and scores the average (mabp/flip_tta.py).
 
     Returns {"meter": GRESMeter, "rule_meters": {rule: GRESMeter}, "threshold_meters": {nt threshold:
     GRESMeter}, "head_counts": [per-head TP/FN/FP/TN], "records": [per-sample dicts], "loss_sum",
@@ -143,6 +146,9 @@ def evaluation_loop(model: torch.nn.Module, loader: Any, device: torch.device, n
     records: List[Dict[str, Any]] = []
     loss_sum, loss_n = 0.0, 0
     model.to(device).eval()
+    if flip_tta is None:
+        flip_tta = bool(getattr(model.cfg.inference, "flip_tta", False))
+    forward = FlipTTA.for_model(model) if flip_tta else model
     try:
         with torch.inference_mode(), tqdm(total=total, desc=desc, unit="sample", disable=not progress,
                                           leave=False, dynamic_ncols=True) as bar:
@@ -154,7 +160,7 @@ def evaluation_loop(model: torch.nn.Module, loader: Any, device: torch.device, n
                 indices = list(range(first, first + b_size)) if sample_indices is None else \
                     [int(i) for i in sample_indices[first:first + b_size]]
                 with torch.autocast(device.type, dtype=amp_dtype, enabled=amp):
-                    out = model(images, ids, att)
+                    out = forward(images, ids, att)
                 out = {k: [t.float() if isinstance(t, torch.Tensor) else t for t in v] if isinstance(v, list) else v
                        for k, v in out.items()}
                 nt_logits = out["nt_logits"]
@@ -253,7 +259,7 @@ def evaluate_model(model: torch.nn.Module, dataset: Any, batch_size: int = 8, nt
                    threshold: Optional[float] = None, min_pixels: int = 0, limit: Optional[int] = None,
                    device: Optional[str] = None, progress: bool = True, amp: bool = False,
                    num_workers: int = 0, desc: str = "eval", nt_threshold: Optional[float] = None,
-                   nt_thresholds: Sequence[float] = ()) -> Dict[str, Any]:
+                   nt_thresholds: Sequence[float] = (), flip_tta: Optional[bool] = None) -> Dict[str, Any]:
     """Run the §4 evaluation of `model` on `dataset` (any dataset yielding the shared sample dict).
 
     Args:
@@ -276,12 +282,14 @@ def evaluate_model(model: torch.nn.Module, dataset: Any, batch_size: int = 8, nt
         nt_threshold: NT probability above which a head votes "no target"; None =
             `model.cfg.inference.nt_threshold` (0.5 = argmax, the official decision).
         nt_thresholds: more NT thresholds scored from the same pass ("per_nt_threshold").
+        flip_tta: also answer each sample mirrored, left/right swapped, and score the average
+            (mabp/flip_tta.py; not the paper's protocol); None = `model.cfg.inference.flip_tta`.
     Returns:
         {"metrics": GRESMeter.compute(), "breakdowns": {tag key: {group: metrics}},
          "per_head_nt": [per NT head accuracy figures], "per_rule": {rule: metrics},
          "per_sample": [one dict per sample], "per_nt_threshold": {threshold: metrics},
          "nt_auroc" (% or None; see nt_auroc), "nt_rule",
-         "threshold", "nt_threshold", "min_pixels", "eval_size", "n",
+         "threshold", "nt_threshold", "min_pixels", "flip_tta", "eval_size", "n",
          "wall_time_s", "samples_per_s", "device", "amp"}
     """
     from tqdm import tqdm
@@ -297,6 +305,7 @@ def evaluate_model(model: torch.nn.Module, dataset: Any, batch_size: int = 8, nt
         raise ValueError(f"min_pixels must be >= 0, got {min_pixels}")
     min_pixels = effective_min_pixels(model, min_pixels)
     nt_thr = float(nt_threshold if nt_threshold is not None else cfg.inference.nt_threshold)
+    flip = bool(cfg.inference.flip_tta if flip_tta is None else flip_tta)
     for t in (nt_thr, *nt_thresholds):
         if not 0.0 < float(t) < 1.0:
             raise ValueError(f"no-target thresholds must be strictly between 0 and 1, got {t}")
@@ -327,7 +336,8 @@ def evaluate_model(model: torch.nn.Module, dataset: Any, batch_size: int = 8, nt
                         generator=torch.Generator().manual_seed(0))
     t0 = time.perf_counter()
     acc = evaluation_loop(model, loader, dev, rule, thr, min_pixels, amp, progress=progress, desc=desc,
-                          total=len(shard), sample_indices=shard, nt_threshold=nt_thr, nt_thresholds=nt_thresholds)
+                          total=len(shard), sample_indices=shard, nt_threshold=nt_thr, nt_thresholds=nt_thresholds,
+                          flip_tta=flip)
     wall = time.perf_counter() - t0
     meter, rule_meters, head_counts, records = acc["meter"], acc["rule_meters"], acc["head_counts"], acc["records"]
 
@@ -356,6 +366,7 @@ def evaluate_model(model: torch.nn.Module, dataset: Any, batch_size: int = 8, nt
         "threshold": thr,
         "nt_threshold": nt_thr,
         "min_pixels": int(min_pixels),
+        "flip_tta": flip,
         "eval_size": size,
         "n": n,
         "wall_time_s": wall,
@@ -446,7 +457,8 @@ def format_report(result: Mapping[str, Any], dataset: str, split: str, acc: str 
     out = [f"## {dataset} {split} — n = {result['n']}, S = {result['eval_size']}, threshold {result['threshold']}, "
            f"no-target rule '{result['nt_rule']}'" + (f", min_pixels {result['min_pixels']}" if result["min_pixels"] else "")
            + (f", no-target threshold {result['nt_threshold']:g} (calibrated; 0.5 = argmax)"
-              if result.get("nt_threshold", 0.5) != 0.5 else ""),
+              if result.get("nt_threshold", 0.5) != 0.5 else "")
+           + (", flip TTA (not the paper's protocol)" if result.get("flip_tta") else ""),
            "", table, "",
            "Both accuracy families: "
            f"MABP-code N-acc {_fmt(m['N-acc(MABP-code)'])}, T-acc {_fmt(m['T-acc(MABP-code)'])} "
@@ -527,6 +539,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--min-pixels", type=int, default=0,
                    help="paper-only rule: masks with fewer pixels count as no target (0 = official protocol; a "
                         "checkpoint without an NT branch uses its own, 50)")
+    p.add_argument("--flip-tta", action=argparse.BooleanOptionalAction, default=None,
+                   help="also answer each sample on the mirrored image with left/right swapped and score the "
+                        "average (mabp/flip_tta.py; not the paper's protocol; default: the checkpoint's "
+                        "inference.flip_tta)")
     p.add_argument("--limit", type=int, default=None, help="evaluate only the first N samples")
     p.add_argument("--out", default=None, help="output folder (default runs/eval/<ckpt-stem>-<dataset>-<split>/)")
     p.add_argument("--device", default="cpu", help="cpu or cuda[:i]")
@@ -646,6 +662,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     print(f"no-target rule: {rule} (from {src}); threshold "
           f"{args.threshold if args.threshold is not None else model.cfg.inference.threshold}; "
           f"no-target threshold {nt_thr:g}; "
+          f"flip TTA {'on' if (model.cfg.inference.flip_tta if args.flip_tta is None else args.flip_tta) else 'off'}; "
           f"model size {model.cfg.image_size}; {min(len(dataset), args.limit or len(dataset))} samples", flush=True)
     try:
         result = evaluate_model(model, dataset, batch_size=args.batch_size, nt_rule=args.nt_rule,
@@ -653,7 +670,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                                 device=args.device, progress=not args.no_progress, amp=args.amp,
                                 num_workers=args.workers, desc=f"{args.dataset} {args.split}",
                                 nt_threshold=args.nt_threshold,
-                                nt_thresholds=sorted(set(args.nt_thresholds)))
+                                nt_thresholds=sorted(set(args.nt_thresholds)), flip_tta=args.flip_tta)
     except DatasetError as e:  # a file that went missing / is corrupt mid-run: still the data's fault
         print(f"error: {_one_line(e)}", file=sys.stderr)
         return 2
