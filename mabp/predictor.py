@@ -87,7 +87,7 @@ class MABPPredictor:
         predictors of one model): it encodes images and answers expressions when it accepts the inputs;
         eager PyTorch does the rest (introspection included: it needs forward hooks).
         flip_tta: also answer on the mirrored image with left/right swapped and average the two
-        (mabp/flip_tta.py; twice the model time); None = the model's `cfg.inference.flip_tta`.
+        (mabp/flip_tta.py; two passes per expression and per image); None = the model's `cfg.inference.flip_tta`.
         Raises ValueError when flip TTA is asked for and the vocabulary lacks "left" / "right"."""
         self.model = model.eval()
         self.fast_path = fast_path
