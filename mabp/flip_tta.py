@@ -7,8 +7,9 @@ averaged in probability space: each mask pixel's sigmoid probability and each he
 
 This is an inference option of this project, not part of MABP (the paper and the official code evaluate one
 pass). It is off by default (`InferenceConfig.flip_tta`), so the `paper` preset's outputs are unchanged.
-SynthGRES mirrors every stamp and background at random (train/data/synthgres/photo_scene.py), so on its
-worlds the mirrored question is exactly as likely as the original one.
+SynthGRES's photo world mirrors every stamp and background at random (train/data/synthgres/photo_scene.py),
+so there the mirrored question is as likely as the original one; the shapes world's eight shapes are
+mirror-symmetric. Measured on the shipped checkpoint it is not a uniform gain (its REPORT.md).
 
 Cost: two passes of everything after the tokenizer (two visual encodings per image when features are cached).
 """
@@ -27,14 +28,13 @@ MIRROR_WORDS: Tuple[Tuple[str, str], ...] = (("left", "right"), ("leftmost", "ri
 def mirror_id_pairs(vocab: Dict[str, int], words: Sequence[Tuple[str, str]] = MIRROR_WORDS) -> List[Tuple[int, int]]:
     """The (id, id) pairs of `words` that are both single tokens of `vocab` (token -> id).
 
-    Raises ValueError when neither "left" nor "right" is in the vocabulary: flipping without swapping them
-    would ask the mirrored image the wrong question.
+    Raises ValueError when "left" or "right" is not a single token of the vocabulary: flipping without
+    swapping them would ask the mirrored image the wrong question.
     """
-    pairs = [(vocab[a], vocab[b]) for a, b in words if a in vocab and b in vocab]
-    if not any(a == vocab.get("left") for a, _ in pairs):
+    if "left" not in vocab or "right" not in vocab:
         raise ValueError("flip TTA needs 'left' and 'right' as single tokens of the text vocabulary; "
                          "this tokenizer does not have them, so turn flip_tta off")
-    return pairs
+    return [(vocab[a], vocab[b]) for a, b in words if a in vocab and b in vocab]
 
 
 def mirror_token_ids(input_ids: torch.Tensor, pairs: Sequence[Tuple[int, int]]) -> torch.Tensor:

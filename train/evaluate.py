@@ -147,7 +147,7 @@ def evaluation_loop(model: torch.nn.Module, loader: Any, device: torch.device, n
     loss_sum, loss_n = 0.0, 0
     model.to(device).eval()
     if flip_tta is None:
-        flip_tta = bool(getattr(model.cfg.inference, "flip_tta", False))
+        flip_tta = model.cfg.inference.flip_tta
     forward = FlipTTA.for_model(model) if flip_tta else model
     try:
         with torch.inference_mode(), tqdm(total=total, desc=desc, unit="sample", disable=not progress,
