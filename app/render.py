@@ -199,15 +199,20 @@ ENGINES = {"onnxruntime": "ONNX Runtime", "pytorch": "PyTorch"}
 
 
 def latency_text(model_ms: float, set_image_ms: Optional[float] = None, cached: bool = False,
-                 engine: Optional[str] = None, flip_tta: bool = False) -> str:
+                 engine: Optional[str] = None, flip_tta: bool = False, refine: Optional[str] = None) -> str:
     """One line of timing. model_ms is the predictor's latency (text + fusion + decoders + post); engine
     ("onnxruntime" | "pytorch", GRESResult.extras["engine"]) names what ran the fusion and decoders;
-    flip_tta (GRESResult.extras["flip_tta"]) says each figure covers two passes (mabp/flip_tta.py)."""
+    flip_tta (GRESResult.extras["flip_tta"]) says each figure covers two passes (mabp/flip_tta.py);
+    refine (GRESResult.extras["refine"], e.g. "guided r=8 eps=0.001") names the mask refinement included
+    in the post-processing (mabp/mask_refine.py); None or "none" says nothing."""
     tta = "two passes: the image and its mirror" if flip_tta else ""
+    edges = f"mask edges refined by the guided filter ({refine.replace('guided ', '')})" \
+        if refine and refine != "none" else ""
     if cached:
-        first = f"model time {model_ms:.0f} ms (outputs cached for this image and expression: post-processing only)"
+        first = f"model time {model_ms:.0f} ms (outputs cached for this image and expression: post-processing only" \
+            + (f"; {edges}" if edges else "") + ")"
     else:
-        notes = ", ".join(x for x in ((ENGINES.get(engine, engine) if engine else ""), tta) if x)
+        notes = ", ".join(x for x in ((ENGINES.get(engine, engine) if engine else ""), tta, edges) if x)
         first = f"model time {model_ms:.0f} ms" + (f" ({notes})" if notes else "")
     parts = [first]
     if set_image_ms is not None:

@@ -241,7 +241,7 @@ class DemoCallbacks:
                  render.head_mask_tiles(rgb if session.display is None else session.display, r.head_masks)]
         set_ms = self.service.set_image_ms.get(session.key)
         latency = render.latency_text(r.latency_ms, set_ms, cached=cached, engine=r.extras.get("engine"),
-                                      flip_tta=bool(r.extras.get("flip_tta")))
+                                      flip_tta=bool(r.extras.get("flip_tta")), refine=r.extras.get("refine"))
         notes = self.service.notes.get(session.key)
         if notes:
             latency += "  \nInput: " + "; ".join(notes) + "."
@@ -614,6 +614,7 @@ class DemoCallbacks:
                 "area_fraction": round(float(r.area_fraction), 6), "latency_ms": round(float(r.latency_ms), 2),
                 "truncated": r.truncated, "height": int(mask.shape[0]), "width": int(mask.shape[1]),
                 "threshold": r.threshold, "nt_rule": r.nt_rule, "nt_threshold": r.nt_threshold,
+                "mask_refinement": r.extras.get("refine", "none"),
                 "pixels": int(np.count_nonzero(r.mask)),
                 "out_of_vocabulary": bool(self.card is not None and self.card.out_of_vocabulary_notice(r.text)),
                 "known_only_from_drawings": self.card.drawn_only_in(r.text) if self.card is not None else []}
@@ -624,7 +625,8 @@ API_DESCRIPTION = (
     "Segment what `text` refers to in `image`: one object, several, or none. Returns the mask as a PNG "
     "(0/255, at the image's own size; all 0 for no target) and a JSON summary {no_target, nt_prob, "
     "area_fraction, pixels, latency_ms, truncated, out_of_vocabulary, known_only_from_drawings, height, width, "
-    "threshold, nt_rule, nt_threshold}; known_only_from_drawings lists the expression's nouns the model saw only as drawings. "
+    "threshold, nt_rule, nt_threshold, mask_refinement}; mask_refinement names the edge refinement applied "
+    "before the threshold (\"none\" or the guided filter's settings); known_only_from_drawings lists the expression's nouns the model saw only as drawings. "
     "Bad input (not an image, over 40 MP, empty text, threshold outside (0, 1)) is an error whose "
     "message says what to change.")
 

@@ -8,6 +8,7 @@ expressions (mabp/fast_path.py) off and on.
     python benchmarks/latency.py --presets lite --repeats 20 --checkpoint assets/checkpoints/x.pt
     python benchmarks/latency.py --spincount passive # OMP_WAIT_POLICY=PASSIVE instead of app.py's setting
     python benchmarks/latency.py --checkpoint X.pt --flip-tta both   # flip TTA (mabp/flip_tta.py) off / on
+    python benchmarks/latency.py --checkpoint X.pt --refine both     # mask refinement (mabp/mask_refine.py) off / on
 
 The children run with app.py's OpenMP setting (GOMP_SPINCOUNT=3000) unless --spincount says otherwise.
 
@@ -33,7 +34,7 @@ TEXTS = ["the red circle", "all the squares on the left", "the big blue star and
 
 
 def run_one(preset: str, repeats: int, threads: int, checkpoint: str | None, fast_path: bool = False,
-            flip_tta: bool | None = None) -> dict:
+            flip_tta: bool | None = None, refine: bool | None = None) -> dict:
     import numpy as np
     import torch
 
@@ -52,7 +53,7 @@ def run_one(preset: str, repeats: int, threads: int, checkpoint: str | None, fas
         t0 = time.perf_counter()
         fast, note = build_fast_path(model)
         fast_build_s = time.perf_counter() - t0
-    pred = MABPPredictor(model, fast_path=fast, flip_tta=flip_tta)
+    pred = MABPPredictor(model, fast_path=fast, flip_tta=flip_tta, refine=refine)
     rng = np.random.RandomState(0)
     image = rng.randint(0, 255, (480, 640, 3)).astype(np.uint8)
     # warm-up (first calls allocate and pick kernels)
@@ -82,6 +83,7 @@ def run_one(preset: str, repeats: int, threads: int, checkpoint: str | None, fas
         "model_ms_p90": round(sorted(model_ms)[int(0.9 * (len(model_ms) - 1))], 1),
         "peak_rss_mb": round(peak_mb, 0),
         "engine": result.extras["engine"], "fast_path_note": note, "flip_tta": pred.flip_tta,
+        "refine": result.extras["refine"],
         "fast_path_build_s": round(fast_build_s, 2) if fast_path else None,
         "params_m": round(sum(p.numel() for p in model.parameters()) / 1e6, 1),
     }
@@ -101,19 +103,25 @@ def main() -> None:
     ap.add_argument("--flip-tta", choices=("model", "on", "off", "both"), default="model",
                     help="flip test-time augmentation: the model's own setting (inference.flip_tta), on, off, "
                          "or both (one row each)")
+    ap.add_argument("--refine", choices=("model", "on", "off", "both"), default="model",
+                    help="mask refinement (guided filter at the image's size): the model's own setting "
+                         "(inference.refine), on (the model's radius / eps), off, or both (one row each)")
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
         flip = {"model": None, "on": True, "off": False}[args.flip_tta]
-        print(json.dumps(run_one(args.child, args.repeats, args.threads, args.checkpoint, args.fast_path == "on", flip)))
+        refine = {"model": None, "on": True, "off": False}[args.refine]
+        print(json.dumps(run_one(args.child, args.repeats, args.threads, args.checkpoint, args.fast_path == "on", flip,
+                                 refine)))
         return
     rows = []
     targets = ["checkpoint"] if args.checkpoint else args.presets
     switches = ["off", "on"] if args.fast_path == "both" else [args.fast_path]
     flips = ["off", "on"] if args.flip_tta == "both" else [args.flip_tta]
-    for preset, switch, flip in [(p, s, f) for p in targets for s in switches for f in flips]:
+    refines = ["off", "on"] if args.refine == "both" else [args.refine]
+    for preset, switch, flip, ref in [(p, s, f, r) for p in targets for s in switches for f in flips for r in refines]:
         cmd = [sys.executable, __file__, "--child", preset, "--repeats", str(args.repeats),
-               "--threads", str(args.threads), "--fast-path", switch, "--flip-tta", flip]
+               "--threads", str(args.threads), "--fast-path", switch, "--flip-tta", flip, "--refine", ref]
         if args.checkpoint:
             cmd += ["--checkpoint", args.checkpoint]
         env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
@@ -126,11 +134,11 @@ def main() -> None:
         out = subprocess.run(cmd, capture_output=True, text=True, env=env, check=True)
         rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
     print(f"OpenMP: {args.spincount if args.spincount in ('passive', 'env') else 'GOMP_SPINCOUNT=' + args.spincount}")
-    print("| preset | input | engine | flip TTA | threads | visual pass cached | set_image + predict (ms) "
+    print("| preset | input | engine | flip TTA | mask refinement | threads | visual pass cached | set_image + predict (ms) "
           "| predict alone (ms) | model time (ms, median / p90) | peak RSS (MB) | params (M) |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['preset']} | {r['size']}² | {r['engine']} | {'on' if r['flip_tta'] else 'off'} | {r['threads']} | "
+        print(f"| {r['preset']} | {r['size']}² | {r['engine']} | {'on' if r['flip_tta'] else 'off'} | {r['refine']} | {r['threads']} | "
               f"{r['visual_cached']} | "
               f"{r['set_image_plus_predict_ms']} | {r['predict_ms']} | {r['model_ms']} / {r['model_ms_p90']} | "
               f"{r['peak_rss_mb']:.0f} | {r['params_m']} |")

@@ -150,6 +150,13 @@ class InferenceConfig:
     # Also answer on the mirrored image with left/right swapped and average the two (mabp/flip_tta.py).
     # Not in the paper or the official code: off for every preset.
     flip_tta: bool = False
+    # Mask refinement before the threshold: "none" (the official bilinear upsampling) or "guided" (the
+    # guided filter with the image as guide, mabp/mask_refine.py; radius in pixels of the S x S input,
+    # eps in squared [0, 1] colour units). Not in the paper or the official code: "none" for every
+    # preset; a checkpoint turns it on with settings chosen by train.calibrate.
+    refine: str = "none"
+    refine_radius: int = 8
+    refine_eps: float = 1e-3
 
 
 @dataclass

@@ -8,6 +8,8 @@ from typing import List, Optional, Sequence, Tuple
 import torch
 from torch.nn import functional as F
 
+from .mask_refine import GuidedRefine, guided_refine
+
 NT_RULES = ("first", "last", "any")
 
 
@@ -58,8 +60,13 @@ class PostProcessed:
 def postprocess(pred_masks: List[torch.Tensor], nt_logits: Sequence[Optional[torch.Tensor]],
                 out_size: Tuple[int, int], threshold: float = 0.5, nt_rule: str = "any",
                 min_pixels: int = 0, model_size: Optional[Tuple[int, int]] = None,
-                nt_threshold: float = 0.5) -> PostProcessed:
+                nt_threshold: float = 0.5, refine: Optional[GuidedRefine] = None,
+                guidance: Optional[torch.Tensor] = None) -> PostProcessed:
     """Final logits (B, h, w) -> bilinear (align_corners=False) to out_size -> sigmoid > threshold.
+
+    `refine` (None: the official path) passes the upsampled probabilities through the guided filter
+    with `guidance`, the image at out_size as (B, 3, H, W) in 0..255 (mabp/mask_refine.py), before the
+    threshold. Raises ValueError when refine is set without guidance.
 
     The no-target decision: `decide_no_target(nt_logits, nt_rule, nt_threshold)`.
 
@@ -68,7 +75,14 @@ def postprocess(pred_masks: List[torch.Tensor], nt_logits: Sequence[Optional[tor
     """
     final = pred_masks[-1].float()
     probs = F.interpolate(final.unsqueeze(1), size=tuple(out_size), mode="bilinear", align_corners=False)
-    raw = probs.squeeze(1).sigmoid() > threshold
+    if refine is None:
+        raw = probs.squeeze(1).sigmoid() > threshold
+    else:
+        if guidance is None:
+            raise ValueError("mask refinement needs the image (guidance) at the output size")
+        refined = guided_refine(probs.squeeze(1).sigmoid(), guidance.to(final.device), refine,
+                                tuple(model_size or out_size))
+        raw = refined > threshold
     has_nt = any(logit is not None for logit in nt_logits)
     if has_nt:
         no_target, nt_prob = decide_no_target(nt_logits, nt_rule, nt_threshold)

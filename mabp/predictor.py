@@ -30,6 +30,7 @@ import torch
 from .flip_tta import merge_flipped, mirror_id_pairs, mirror_token_ids
 from .image_io import DEFAULT_MAX_PIXELS, InputError, to_rgb_uint8
 from .introspect import DecoderRecorder, Introspection, build_introspection, head_query_counts
+from .mask_refine import GuidedRefine, resolve_refine
 from .postprocess import decide_no_target, nt_probabilities, postprocess
 from .tokenizer import TextTokenizer
 
@@ -82,13 +83,17 @@ class VideoFrameResult:
 class MABPPredictor:
     def __init__(self, model: torch.nn.Module, device: Optional[str] = None,
                  max_pixels: int = DEFAULT_MAX_PIXELS, cache_texts: int = 16, fast_path=None,
-                 flip_tta: Optional[bool] = None):
+                 flip_tta: Optional[bool] = None, refine: Union[None, bool, GuidedRefine] = None):
         """fast_path: an optional `mabp.fast_path.OnnxFastPath` built for `model` (shareable by the
         predictors of one model): it encodes images and answers expressions when it accepts the inputs;
         eager PyTorch does the rest (introspection included: it needs forward hooks).
         flip_tta: also answer on the mirrored image with left/right swapped and average the two
         (mabp/flip_tta.py; two passes per expression and per image); None = the model's `cfg.inference.flip_tta`.
-        Raises ValueError when flip TTA is asked for and the vocabulary lacks "left" / "right"."""
+        refine: the mask refinement (mabp/mask_refine.py: the guided filter with the image as guide,
+        applied at the image's own size): None = the model's `cfg.inference.refine`, False = none, True =
+        the config's radius / eps, or a GuidedRefine.
+        Raises ValueError when flip TTA is asked for and the vocabulary lacks "left" / "right", or for
+        invalid refinement settings."""
         self.model = model.eval()
         self.fast_path = fast_path
         self.device = torch.device(device) if device else next(model.parameters()).device
@@ -96,6 +101,7 @@ class MABPPredictor:
         self.cfg = model.cfg
         self.tokenizer = TextTokenizer(self.cfg.text)
         self.flip_tta = bool(self.cfg.inference.flip_tta if flip_tta is None else flip_tta)
+        self.refine = resolve_refine(self.cfg.inference, refine)
         self._mirror_pairs = mirror_id_pairs(self.tokenizer.tokenizer.get_vocab()) if self.flip_tta else []
         self.max_pixels = max_pixels
         self._image: Optional[np.ndarray] = None
@@ -299,12 +305,15 @@ class MABPPredictor:
         t0 = time.perf_counter()
         out, tok = entry["outputs"], entry["tok"]
         h, w = image.shape[:2]
+        guidance = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None] if self.refine else None
         post = postprocess(out["pred_masks"], out["nt_logits"], (h, w), threshold, nt_rule, min_pixels,
-                           model_size=(self.image_size, self.image_size), nt_threshold=nt_threshold)
+                           model_size=(self.image_size, self.image_size), nt_threshold=nt_threshold,
+                           refine=self.refine, guidance=guidance)
         has_nt = any(n is not None for n in out["nt_logits"])
         nt_probs = nt_probabilities(out["nt_logits"])[:, 0].tolist() if has_nt else []
         head_masks = [(m[0].float().sigmoid() > threshold).cpu().numpy() for m in out["pred_masks"]]
-        extras = {"engine": entry["path"], "flip_tta": self.flip_tta}  # engine: onnxruntime | pytorch
+        extras = {"engine": entry["path"], "flip_tta": self.flip_tta,  # engine: onnxruntime | pytorch
+                  "refine": "none" if self.refine is None else self.refine.label()}
         if introspect:
             extras["introspection"] = build_introspection(
                 entry["records"], out, tok.tokens[0], tok.attention_mask[0].tolist(), (h, w),

@@ -5,7 +5,8 @@
 # Writes OUT_DIR/<split>/{results.json,report.md,per_sample.jsonl} and prints one summary line per split.
 # ~3.5 min on 2 CPU cores for the lite model at 256² (6.5 min at 320²); LIMIT=N evaluates the first N of every
 # split instead. The same pass also scores the no-target thresholds in NT_GRID (default 0.25 … 0.5, the
-# official argmax among them; results.json "per_nt_threshold"); the summary line adds the figures at 0.5.
+# official argmax among them; results.json "per_nt_threshold"); the summary line adds the figures at 0.5,
+# and, for a checkpoint that refines its masks (inference.refine), the same pass without refinement.
 # The photo world needs its Debian packages (scripts/setup.sh).
 set -euo pipefail
 if [[ $# -lt 2 ]]; then
@@ -36,6 +37,9 @@ line = f"{sys.argv[2]:13s} n={d['n']:4d}  " + "  ".join(f"{k} {f(d['metrics'].ge
 a = d.get("per_nt_threshold", {}).get("0.5")  # JSON keys: the thresholds as str(float)
 if a:
     line += f"  | at 0.5: gIoU {f(a['gIoU'])} N-acc {f(a['N-acc'])}"
+r = d.get("per_refine", {}).get("none")  # a checkpoint that refines its masks: the same pass unrefined
+if r:
+    line += f"  | unrefined masks: cIoU {f(r['cIoU'])} gIoU {f(r['gIoU'])}"
 print(line)
 PY
 done <<'LIST'

@@ -526,6 +526,7 @@ def test_out_of_vocabulary_expressions_get_a_notice_and_still_an_answer(files):
     assert "mabp-oov" not in out[1]
     info = cbx.api_segment(str(files["rgb"]), "the red circle", 0.5)[1]
     assert info["out_of_vocabulary"] is False and info["known_only_from_drawings"] == []
+    assert info["mask_refinement"] == "none"  # the tiny preset does not refine (inference.refine "none")
     # a photo-world model that saw cats only as drawings: said beside the answer and in the API's JSON
     from mabp.vocabulary import ModelVocabulary
     from app.model_card import drawn_only_of

@@ -73,6 +73,13 @@ def test_truncation_note_lists_kept_tokens():
     assert "37 tokens" in note and "20" in note and "`the red circle`" in note
 
 
+def test_latency_text_names_the_mask_refinement():
+    t = render.latency_text(130.0, 40.0, engine="onnxruntime", refine="guided r=8 eps=0.001")
+    assert t.startswith("model time 130 ms (ONNX Runtime, mask edges refined by the guided filter (r=8 eps=0.001))")
+    assert "post-processing only; mask edges refined" in render.latency_text(3.0, cached=True, refine="guided r=4 eps=0.01")
+    assert "refined" not in render.latency_text(130.0, engine="onnxruntime", refine="none")
+
+
 def test_latency_text():
     assert "model time 42 ms" in render.latency_text(42.2)
     t = render.latency_text(3.0, 81.0, cached=True, engine="onnxruntime")

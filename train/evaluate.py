@@ -31,13 +31,14 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Sequence
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Subset
 
 from mabp.flip_tta import FlipTTA
+from mabp.mask_refine import REFINE_MODES, GuidedRefine, refine_from_config, resolve_refine
 from mabp.metrics import (GRESMeter, format_breakdown, format_table, get_paper_row)
 from mabp.postprocess import NT_RULES, decide_no_target, nt_probabilities, postprocess
 from mabp.tokenizer import TextTokenizer
@@ -99,6 +100,27 @@ def _json_safe(x: Any) -> Any:
 
 
 # ---------------------------------------------------------------------------------------- core
+def cli_refine(model: torch.nn.Module, mode: Optional[str], radius: Optional[int],
+               eps: Optional[float]) -> Union[None, bool, GuidedRefine]:
+    """`evaluate_model`'s refine from command-line values: mode None keeps the checkpoint's setting
+    (with radius / eps overridden when given), "none" turns it off, "guided" turns it on with the given
+    or the checkpoint's radius / eps. Raises ValueError for invalid settings."""
+    inf = model.cfg.inference
+    if mode == "none":
+        return False
+    if mode is None and radius is None and eps is None:
+        return None
+    if mode is None and refine_from_config(inf) is None:
+        raise ValueError("--refine-radius / --refine-eps need --refine guided (this checkpoint does not refine)")
+    return GuidedRefine(int(inf.refine_radius if radius is None else radius),
+                        float(inf.refine_eps if eps is None else eps))
+
+
+def refine_key(refine: Optional[GuidedRefine]) -> str:
+    """'none' or GuidedRefine.label(): the key of a refinement in results and reports."""
+    return "none" if refine is None else refine.label()
+
+
 def effective_min_pixels(model: torch.nn.Module, min_pixels: int = 0) -> int:
     """The min-pixels rule an evaluation applies: `min_pixels` when > 0; else, for a model built without
     any no-target branch (Table VI "branch removed", `decoder.nt_supervision: none`), the model's own
@@ -115,17 +137,22 @@ def evaluation_loop(model: torch.nn.Module, loader: Any, device: torch.device, n
                     progress: bool = True, desc: str = "eval", total: Optional[int] = None,
                     sample_indices: Optional[Sequence[int]] = None,
                     amp_dtype: torch.dtype = torch.float16, nt_threshold: float = 0.5,
-                    nt_thresholds: Sequence[float] = (), flip_tta: Optional[bool] = None) -> Dict[str, Any]:
+                    nt_thresholds: Sequence[float] = (), flip_tta: Optional[bool] = None,
+                    refine: Union[None, bool, GuidedRefine] = None,
+                    refine_options: Sequence[Optional[GuidedRefine]] = ()) -> Dict[str, Any]:
     """The one evaluation loop (this CLI and the training engine): every batch of `loader` (collated by
     `train.collate.Collator`, S x S) through `model` on `device`, scored with the §4 protocol.
 
     `nt_threshold` is the NT probability above which a head votes "no target" (0.5: argmax, the official
     decision); each of `nt_thresholds` gets its own meter scored from the same pass (train.calibrate).
     `flip_tta` (None: `model.cfg.inference.flip_tta`) answers every sample twice, the second time mirrored
-    with left/right swapped, and scores the average (mabp/flip_tta.py).
+    with left/right swapped, and scores the average (mabp/flip_tta.py). `refine` is the mask refinement
+    (mabp/mask_refine.py): None = `model.cfg.inference`'s, False = none, or a GuidedRefine; each of
+    `refine_options` (None meaning no refinement) gets its own meter at the loop's rule and NT threshold
+    ("refine_meters", keyed by `refine_key`), scored from the same pass (train.calibrate).
 
     Returns {"meter": GRESMeter, "rule_meters": {rule: GRESMeter}, "threshold_meters": {nt threshold:
-    GRESMeter}, "head_counts": [per-head TP/FN/FP/TN], "records": [per-sample dicts], "loss_sum",
+    GRESMeter}, "refine_meters": {refine key: GRESMeter}, "head_counts": [per-head TP/FN/FP/TN], "records": [per-sample dicts], "loss_sum",
     "loss_n"}. Under torch.distributed every entry is merged
     over the ranks (meters and records in rank order, counts and loss sums added), so each rank's
     loader may hold a shard; `sample_indices` are the dataset indices of this rank's samples in loader
@@ -149,6 +176,8 @@ def evaluation_loop(model: torch.nn.Module, loader: Any, device: torch.device, n
     if flip_tta is None:
         flip_tta = model.cfg.inference.flip_tta
     forward = FlipTTA.for_model(model) if flip_tta else model
+    refine = resolve_refine(model.cfg.inference, refine)
+    refine_meters: Dict[str, GRESMeter] = {refine_key(o): GRESMeter() for o in refine_options}
     try:
         with torch.inference_mode(), tqdm(total=total, desc=desc, unit="sample", disable=not progress,
                                           leave=False, dynamic_ncols=True) as bar:
@@ -166,12 +195,19 @@ def evaluation_loop(model: torch.nn.Module, loader: Any, device: torch.device, n
                 nt_logits = out["nt_logits"]
                 post = postprocess(out["pred_masks"], nt_logits, (size, size),
                                    threshold=threshold, nt_rule=nt_rule, min_pixels=min_pixels, model_size=(size, size),
-                                   nt_threshold=nt_threshold)
+                                   nt_threshold=nt_threshold, refine=refine, guidance=images)
                 raw = post.raw_masks.cpu()
                 pred_nt = post.no_target.cpu()
                 gt = batch["gt_masks"] > 0.5  # the collator ships {0, 1} floats (training targets)
                 gt_nt = batch["no_target"]
                 meter.update_batch(raw, gt, pred_nt, gt_nt, tags=batch["tags"], sample_ids=indices)
+                for option in refine_options:  # the NT decision is the same; only the masks differ
+                    raw_o = raw if option == refine else postprocess(
+                        out["pred_masks"], nt_logits, (size, size), threshold=threshold, nt_rule=nt_rule,
+                        min_pixels=min_pixels, model_size=(size, size), nt_threshold=nt_threshold, refine=option,
+                        guidance=images).raw_masks.cpu()
+                    refine_meters[refine_key(option)].update_batch(raw_o, gt, pred_nt, gt_nt, tags=batch["tags"],
+                                                                   sample_ids=indices)
                 if criterion is not None:
                     loss = criterion(out, batch["gt_masks"].to(device), batch["no_target"].to(device))["loss"]
                     loss_sum += float(loss) * b_size
@@ -218,6 +254,7 @@ def evaluation_loop(model: torch.nn.Module, loader: Any, device: torch.device, n
         rule_meters = {r: D.gather_meter(rule_meters.get(r, GRESMeter())) for r in NT_RULES
                        if D.all_reduce_max_flag(r in rule_meters, device)}
         threshold_meters = {t: D.gather_meter(m) for t, m in threshold_meters.items()}
+        refine_meters = {k: D.gather_meter(m) for k, m in refine_meters.items()}
         n_heads = max(D.all_gather_object(len(head_counts)))
         flat = {f"{k}.{key}": float(head_counts[k][key]) if k < len(head_counts) else 0.0
                 for k in range(n_heads) for key in ("TP", "FN", "FP", "TN")}
@@ -226,7 +263,7 @@ def evaluation_loop(model: torch.nn.Module, loader: Any, device: torch.device, n
         loss_sum, loss_n = sums["_loss"], int(sums["_n"])
         records = [r for part in D.all_gather_object(records) for r in part]
     return {"meter": meter, "rule_meters": rule_meters, "threshold_meters": threshold_meters,
-            "head_counts": head_counts, "records": records, "loss_sum": loss_sum, "loss_n": loss_n}
+            "refine_meters": refine_meters, "head_counts": head_counts, "records": records, "loss_sum": loss_sum, "loss_n": loss_n}
 
 
 def nt_auroc(per_sample: Sequence[Mapping[str, Any]]) -> Optional[float]:
@@ -259,7 +296,9 @@ def evaluate_model(model: torch.nn.Module, dataset: Any, batch_size: int = 8, nt
                    threshold: Optional[float] = None, min_pixels: int = 0, limit: Optional[int] = None,
                    device: Optional[str] = None, progress: bool = True, amp: bool = False,
                    num_workers: int = 0, desc: str = "eval", nt_threshold: Optional[float] = None,
-                   nt_thresholds: Sequence[float] = (), flip_tta: Optional[bool] = None) -> Dict[str, Any]:
+                   nt_thresholds: Sequence[float] = (), flip_tta: Optional[bool] = None,
+                   refine: Union[None, bool, GuidedRefine] = None,
+                   refine_options: Optional[Sequence[Optional[GuidedRefine]]] = None) -> Dict[str, Any]:
     """Run the §4 evaluation of `model` on `dataset` (any dataset yielding the shared sample dict).
 
     Args:
@@ -284,12 +323,18 @@ def evaluate_model(model: torch.nn.Module, dataset: Any, batch_size: int = 8, nt
         nt_thresholds: more NT thresholds scored from the same pass ("per_nt_threshold").
         flip_tta: also answer each sample mirrored, left/right swapped, and score the average
             (mabp/flip_tta.py; not the paper's protocol); None = `model.cfg.inference.flip_tta`.
+        refine: the mask refinement (mabp/mask_refine.py; not the paper's protocol): None = the model
+            config's `inference.refine`, False = none, True = the config's radius / eps, or a GuidedRefine.
+        refine_options: more refinements (None = none) scored from the same pass at the same NT decision
+            ("per_refine", keyed by `refine_key`); default: "none" beside a refined evaluation, so every
+            refined figure comes with the unrefined one.
     Returns:
         {"metrics": GRESMeter.compute(), "breakdowns": {tag key: {group: metrics}},
          "per_head_nt": [per NT head accuracy figures], "per_rule": {rule: metrics},
          "per_sample": [one dict per sample], "per_nt_threshold": {threshold: metrics},
          "nt_auroc" (% or None; see nt_auroc), "nt_rule",
-         "threshold", "nt_threshold", "min_pixels", "flip_tta", "eval_size", "n",
+         "threshold", "nt_threshold", "min_pixels", "flip_tta", "refine" (refine_key), "per_refine",
+         "eval_size", "n",
          "wall_time_s", "samples_per_s", "device", "amp"}
     """
     from tqdm import tqdm
@@ -306,6 +351,9 @@ def evaluate_model(model: torch.nn.Module, dataset: Any, batch_size: int = 8, nt
     min_pixels = effective_min_pixels(model, min_pixels)
     nt_thr = float(nt_threshold if nt_threshold is not None else cfg.inference.nt_threshold)
     flip = bool(cfg.inference.flip_tta if flip_tta is None else flip_tta)
+    refine_used = resolve_refine(model.cfg.inference, refine)
+    if refine_options is None:
+        refine_options = () if refine_used is None else (None,)
     for t in (nt_thr, *nt_thresholds):
         if not 0.0 < float(t) < 1.0:
             raise ValueError(f"no-target thresholds must be strictly between 0 and 1, got {t}")
@@ -337,7 +385,8 @@ def evaluate_model(model: torch.nn.Module, dataset: Any, batch_size: int = 8, nt
     t0 = time.perf_counter()
     acc = evaluation_loop(model, loader, dev, rule, thr, min_pixels, amp, progress=progress, desc=desc,
                           total=len(shard), sample_indices=shard, nt_threshold=nt_thr, nt_thresholds=nt_thresholds,
-                          flip_tta=flip)
+                          flip_tta=flip, refine=refine_used if refine_used is not None else False,
+                          refine_options=refine_options)
     wall = time.perf_counter() - t0
     meter, rule_meters, head_counts, records = acc["meter"], acc["rule_meters"], acc["head_counts"], acc["records"]
 
@@ -367,6 +416,8 @@ def evaluate_model(model: torch.nn.Module, dataset: Any, batch_size: int = 8, nt
         "nt_threshold": nt_thr,
         "min_pixels": int(min_pixels),
         "flip_tta": flip,
+        "refine": refine_key(refine_used),
+        "per_refine": {k: m.compute() for k, m in acc["refine_meters"].items()},
         "eval_size": size,
         "n": n,
         "wall_time_s": wall,
@@ -458,7 +509,9 @@ def format_report(result: Mapping[str, Any], dataset: str, split: str, acc: str 
            f"no-target rule '{result['nt_rule']}'" + (f", min_pixels {result['min_pixels']}" if result["min_pixels"] else "")
            + (f", no-target threshold {result['nt_threshold']:g} (calibrated; 0.5 = argmax)"
               if result.get("nt_threshold", 0.5) != 0.5 else "")
-           + (", flip TTA (not the paper's protocol)" if result.get("flip_tta") else ""),
+           + (", flip TTA (not the paper's protocol)" if result.get("flip_tta") else "")
+           + (f", masks refined: {result['refine']} (not the paper's protocol)"
+              if result.get("refine", "none") != "none" else ""),
            "", table, "",
            "Both accuracy families: "
            f"MABP-code N-acc {_fmt(m['N-acc(MABP-code)'])}, T-acc {_fmt(m['T-acc(MABP-code)'])} "
@@ -476,9 +529,23 @@ def format_report(result: Mapping[str, Any], dataset: str, split: str, acc: str 
         out += ["", "### No-target decision per head and per rule", "", format_nt_heads(result)]
     if result.get("per_nt_threshold"):
         out += ["", "### Other no-target thresholds (same pass, same masks)", "", format_nt_thresholds(result)]
+    if result.get("per_refine"):
+        out += ["", "### Mask refinement (same pass, same no-target decisions)", "", format_refine(result)]
     out += ["", f"{result['n']} samples in {result['wall_time_s']:.1f} s "
             f"({_fmt(result['samples_per_s'])} samples/s) on {result['device']}."]
     return "\n".join(out)
+
+
+def format_refine(result: Mapping[str, Any]) -> str:
+    """Markdown table: this run's mask refinement and each of `result["per_refine"]` (gIoU, cIoU,
+    Pr@0.7/0.8/0.9); N-acc is the same for all (the refinement changes masks, not decisions)."""
+    rows = ["| mask refinement | gIoU | cIoU | Pr@0.7 | Pr@0.8 | Pr@0.9 | |", "|---|---|---|---|---|---|---|"]
+    entries = [(result.get("refine", "none"), result["metrics"], "this run's")]
+    entries += [(k, m, "") for k, m in result["per_refine"].items() if k != result.get("refine", "none")]
+    for key, m, mark in entries:
+        rows.append(f"| {key} | {_fmt(m['gIoU'])} | {_fmt(m['cIoU'])} | {_fmt(m['Pr@0.7'])} | {_fmt(m['Pr@0.8'])} | "
+                    f"{_fmt(m['Pr@0.9'])} | {mark} |")
+    return "\n".join(rows)
 
 
 def format_nt_thresholds(result: Mapping[str, Any]) -> str:
@@ -543,6 +610,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also answer each sample on the mirrored image with left/right swapped and score the "
                         "average (mabp/flip_tta.py; not the paper's protocol; default: the checkpoint's "
                         "inference.flip_tta)")
+    p.add_argument("--refine", choices=REFINE_MODES, default=None,
+                   help="mask refinement before the threshold: guided (the guided filter with the image as guide, "
+                        "mabp/mask_refine.py; not the paper's protocol) or none (default: the checkpoint's "
+                        "inference.refine); a refined evaluation also scores the unrefined masks")
+    p.add_argument("--refine-radius", type=int, default=None,
+                   help="guided filter radius in pixels of the model input (default: the checkpoint's)")
+    p.add_argument("--refine-eps", type=float, default=None,
+                   help="guided filter regulariser, squared [0, 1] colour units (default: the checkpoint's)")
     p.add_argument("--limit", type=int, default=None, help="evaluate only the first N samples")
     p.add_argument("--out", default=None, help="output folder (default runs/eval/<ckpt-stem>-<dataset>-<split>/)")
     p.add_argument("--device", default="cpu", help="cpu or cuda[:i]")
@@ -657,12 +732,18 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     rule = args.nt_rule or model.cfg.inference.nt_rule
+    try:
+        refine = cli_refine(model, args.refine, args.refine_radius, args.refine_eps)
+    except ValueError as e:
+        print(f"error: {_one_line(e)}", file=sys.stderr)
+        return 2
     nt_thr = args.nt_threshold if args.nt_threshold is not None else model.cfg.inference.nt_threshold
     src = "--nt-rule" if args.nt_rule else "the checkpoint's inference.nt_rule"
     print(f"no-target rule: {rule} (from {src}); threshold "
           f"{args.threshold if args.threshold is not None else model.cfg.inference.threshold}; "
           f"no-target threshold {nt_thr:g}; "
           f"flip TTA {'on' if (model.cfg.inference.flip_tta if args.flip_tta is None else args.flip_tta) else 'off'}; "
+          f"mask refinement {refine_key(resolve_refine(model.cfg.inference, refine))}; "
           f"model size {model.cfg.image_size}; {min(len(dataset), args.limit or len(dataset))} samples", flush=True)
     try:
         result = evaluate_model(model, dataset, batch_size=args.batch_size, nt_rule=args.nt_rule,
@@ -670,7 +751,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                                 device=args.device, progress=not args.no_progress, amp=args.amp,
                                 num_workers=args.workers, desc=f"{args.dataset} {args.split}",
                                 nt_threshold=args.nt_threshold,
-                                nt_thresholds=sorted(set(args.nt_thresholds)), flip_tta=args.flip_tta)
+                                nt_thresholds=sorted(set(args.nt_thresholds)), flip_tta=args.flip_tta,
+                                refine=refine)
     except DatasetError as e:  # a file that went missing / is corrupt mid-run: still the data's fault
         print(f"error: {_one_line(e)}", file=sys.stderr)
         return 2
