@@ -47,7 +47,7 @@ class GuidedRefine:
 def refine_from_config(inference: object) -> Optional[GuidedRefine]:
     """The refinement an `InferenceConfig` asks for: None for refine "none", else its GuidedRefine.
     Raises ValueError for an unknown mode or invalid settings."""
-    mode = getattr(inference, "refine", "none")
+    mode = inference.refine
     if mode not in REFINE_MODES:
         raise ValueError(f"unknown mask refinement {mode!r}; expected one of {REFINE_MODES}")
     if mode == "none":
@@ -94,7 +94,7 @@ def guided_refine(prob: torch.Tensor, image: torch.Tensor, refine: GuidedRefine,
     h, w = prob.shape[-2:]
     sh, sw = model_size
     # Fast guided filter for outputs larger than the model grid: coefficients on a grid of about S x S
-    # (never coarser than 2/3 of it), upsampled; at S x S itself (evaluation) the exact filter.
+    # (never coarser than 3/4 of it), upsampled; at S x S itself (evaluation) the exact filter.
     subsample = max(1, round(min(h / max(1, sh), w / max(1, sw))))
     kernel = (2 * max(1, round(refine.radius * h / sh)) + 1, 2 * max(1, round(refine.radius * w / sw)) + 1)
     guide = image.float() / 255.0
