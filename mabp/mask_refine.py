@@ -44,6 +44,11 @@ class GuidedRefine:
         return f"guided r={int(self.radius)} eps={float(self.eps):g}"
 
 
+def refine_label(refine: Optional[GuidedRefine]) -> str:
+    """'none' or `refine.label()`: how results, reports, the predictor and the app name a refinement."""
+    return "none" if refine is None else refine.label()
+
+
 def refine_from_config(inference: object) -> Optional[GuidedRefine]:
     """The refinement an `InferenceConfig` asks for: None for refine "none", else its GuidedRefine.
     Raises ValueError for an unknown mode or invalid settings."""
@@ -104,4 +109,4 @@ def guided_refine(prob: torch.Tensor, image: torch.Tensor, refine: GuidedRefine,
     return out.squeeze(1)
 
 
-__all__ = ["REFINE_MODES", "GuidedRefine", "refine_from_config", "resolve_refine", "guided_refine"]
+__all__ = ["REFINE_MODES", "GuidedRefine", "refine_label", "refine_from_config", "resolve_refine", "guided_refine"]

@@ -49,6 +49,22 @@ def decide_no_target(nt_logits: Sequence[Optional[torch.Tensor]], rule: str = "a
     return votes.any(0), probs.max(0).values
 
 
+def binarize_masks(pred_masks: List[torch.Tensor], out_size: Tuple[int, int], threshold: float = 0.5,
+                   refine: Optional[GuidedRefine] = None, guidance: Optional[torch.Tensor] = None,
+                   model_size: Optional[Tuple[int, int]] = None) -> torch.Tensor:
+    """The final head's logits (B, h, w) -> bilinear (align_corners=False) to out_size -> sigmoid ->
+    optionally the guided filter with `guidance` ((B, 3, H, W) in 0..255 at out_size; mabp/mask_refine.py)
+    -> > threshold. Returns (B, H, W) bool, not emptied for no target. Raises ValueError when `refine` is
+    set without guidance."""
+    final = pred_masks[-1].float()
+    probs = F.interpolate(final.unsqueeze(1), size=tuple(out_size), mode="bilinear", align_corners=False).squeeze(1)
+    if refine is None:
+        return probs.sigmoid() > threshold
+    if guidance is None:
+        raise ValueError("mask refinement needs the image (guidance) at the output size")
+    return guided_refine(probs.sigmoid(), guidance.to(final.device), refine, tuple(model_size or out_size)) > threshold
+
+
 @dataclass
 class PostProcessed:
     masks: torch.Tensor  # (B, H, W) bool at the requested size, emptied when no_target
@@ -74,15 +90,7 @@ def postprocess(pred_masks: List[torch.Tensor], nt_logits: Sequence[Optional[tor
     model's input size `model_size`, 480x480 in the paper) is called empty.
     """
     final = pred_masks[-1].float()
-    probs = F.interpolate(final.unsqueeze(1), size=tuple(out_size), mode="bilinear", align_corners=False)
-    if refine is None:
-        raw = probs.squeeze(1).sigmoid() > threshold
-    else:
-        if guidance is None:
-            raise ValueError("mask refinement needs the image (guidance) at the output size")
-        refined = guided_refine(probs.squeeze(1).sigmoid(), guidance.to(final.device), refine,
-                                tuple(model_size or out_size))
-        raw = refined > threshold
+    raw = binarize_masks(pred_masks, out_size, threshold, refine, guidance, model_size)
     has_nt = any(logit is not None for logit in nt_logits)
     if has_nt:
         no_target, nt_prob = decide_no_target(nt_logits, nt_rule, nt_threshold)

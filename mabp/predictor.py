@@ -30,7 +30,7 @@ import torch
 from .flip_tta import merge_flipped, mirror_id_pairs, mirror_token_ids
 from .image_io import DEFAULT_MAX_PIXELS, InputError, to_rgb_uint8
 from .introspect import DecoderRecorder, Introspection, build_introspection, head_query_counts
-from .mask_refine import GuidedRefine, resolve_refine
+from .mask_refine import GuidedRefine, refine_label, resolve_refine
 from .postprocess import decide_no_target, nt_probabilities, postprocess
 from .tokenizer import TextTokenizer
 
@@ -313,7 +313,7 @@ class MABPPredictor:
         nt_probs = nt_probabilities(out["nt_logits"])[:, 0].tolist() if has_nt else []
         head_masks = [(m[0].float().sigmoid() > threshold).cpu().numpy() for m in out["pred_masks"]]
         extras = {"engine": entry["path"], "flip_tta": self.flip_tta,  # engine: onnxruntime | pytorch
-                  "refine": "none" if self.refine is None else self.refine.label()}
+                  "refine": refine_label(self.refine)}
         if introspect:
             extras["introspection"] = build_introspection(
                 entry["records"], out, tok.tokens[0], tok.attention_mask[0].tolist(), (h, w),

@@ -27,7 +27,7 @@ import sys
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Union
 
-from mabp.mask_refine import REFINE_MODES, GuidedRefine
+from mabp.mask_refine import REFINE_MODES, GuidedRefine, refine_label
 from mabp.postprocess import NT_RULES
 from mabp.variants import has_nt_branch
 
@@ -167,7 +167,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     from mabp.registry import CheckpointError, build_mabp, load_checkpoint
     from train.data import build_dataset
-    from train.evaluate import evaluate_model, refine_key
+    from train.evaluate import evaluate_model
 
     if args.samples < 1 or args.batch_size < 1 or (args.threads is not None and args.threads < 1):
         print("error: --samples, --batch-size and --threads must be >= 1", file=sys.stderr)
@@ -214,11 +214,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if candidates is not None and len(candidates) > 1:
         # Pass 1: every refinement at the checkpoint's NT decision (the masks do not move the decision);
         # pass 2 below chooses the NT threshold with the chosen one (a false "no target" costs its IoU).
+        options = [None if c is False else c for c in candidates]  # the loop's "no refinement" is None
         first = evaluate_model(model, dataset, batch_size=args.batch_size, nt_rule=args.nt_rule, limit=args.samples,
                                progress=not args.no_progress, desc="calibrate masks", flip_tta=args.flip_tta,
-                               refine=False, refine_options=[None if c is False else c for c in candidates])
+                               refine=False, refine_options=options)
         refine_table = {k: {m: v.get(m) for m in ("gIoU", "cIoU", "Pr@0.9")} for k, v in first["per_refine"].items()}
-        keys = [refine_key(None if c is False else c) for c in candidates]
+        keys = [refine_label(o) for o in options]
         # the best gIoU; ties go to the earlier candidate ("none" comes first)
         best = max(range(len(candidates)), key=lambda i: (refine_table[keys[i]]["gIoU"], -i))
         refine = candidates[best]

@@ -38,9 +38,9 @@ import torch
 from torch.utils.data import DataLoader, Subset
 
 from mabp.flip_tta import FlipTTA
-from mabp.mask_refine import REFINE_MODES, GuidedRefine, refine_from_config, resolve_refine
+from mabp.mask_refine import REFINE_MODES, GuidedRefine, refine_from_config, refine_label, resolve_refine
 from mabp.metrics import (GRESMeter, format_breakdown, format_table, get_paper_row)
-from mabp.postprocess import NT_RULES, decide_no_target, nt_probabilities, postprocess
+from mabp.postprocess import NT_RULES, binarize_masks, decide_no_target, nt_probabilities, postprocess
 from mabp.tokenizer import TextTokenizer
 from mabp.variants import has_nt_branch
 from train.collate import Collator
@@ -116,11 +116,6 @@ def cli_refine(model: torch.nn.Module, mode: Optional[str], radius: Optional[int
                         float(inf.refine_eps if eps is None else eps))
 
 
-def refine_key(refine: Optional[GuidedRefine]) -> str:
-    """'none' or GuidedRefine.label(): the key of a refinement in results and reports."""
-    return "none" if refine is None else refine.label()
-
-
 def effective_min_pixels(model: torch.nn.Module, min_pixels: int = 0) -> int:
     """The min-pixels rule an evaluation applies: `min_pixels` when > 0; else, for a model built without
     any no-target branch (Table VI "branch removed", `decoder.nt_supervision: none`), the model's own
@@ -149,7 +144,7 @@ def evaluation_loop(model: torch.nn.Module, loader: Any, device: torch.device, n
     with left/right swapped, and scores the average (mabp/flip_tta.py). `refine` is the mask refinement
     (mabp/mask_refine.py): None = `model.cfg.inference`'s, False = none, or a GuidedRefine; each of
     `refine_options` (None meaning no refinement) gets its own meter at the loop's rule and NT threshold
-    ("refine_meters", keyed by `refine_key`), scored from the same pass (train.calibrate).
+    ("refine_meters", keyed by `refine_label`), scored from the same pass (train.calibrate).
 
     Returns {"meter": GRESMeter, "rule_meters": {rule: GRESMeter}, "threshold_meters": {nt threshold:
     GRESMeter}, "refine_meters": {refine key: GRESMeter}, "head_counts": [per-head TP/FN/FP/TN], "records": [per-sample dicts], "loss_sum",
@@ -177,7 +172,7 @@ def evaluation_loop(model: torch.nn.Module, loader: Any, device: torch.device, n
         flip_tta = model.cfg.inference.flip_tta
     forward = FlipTTA.for_model(model) if flip_tta else model
     refine = resolve_refine(model.cfg.inference, refine)
-    refine_meters: Dict[str, GRESMeter] = {refine_key(o): GRESMeter() for o in refine_options}
+    refine_meters: Dict[str, GRESMeter] = {refine_label(o): GRESMeter() for o in refine_options}
     try:
         with torch.inference_mode(), tqdm(total=total, desc=desc, unit="sample", disable=not progress,
                                           leave=False, dynamic_ncols=True) as bar:
@@ -202,11 +197,10 @@ def evaluation_loop(model: torch.nn.Module, loader: Any, device: torch.device, n
                 gt_nt = batch["no_target"]
                 meter.update_batch(raw, gt, pred_nt, gt_nt, tags=batch["tags"], sample_ids=indices)
                 for option in refine_options:  # the NT decision is the same; only the masks differ
-                    raw_o = raw if option == refine else postprocess(
-                        out["pred_masks"], nt_logits, (size, size), threshold=threshold, nt_rule=nt_rule,
-                        min_pixels=min_pixels, model_size=(size, size), nt_threshold=nt_threshold, refine=option,
-                        guidance=images).raw_masks.cpu()
-                    refine_meters[refine_key(option)].update_batch(raw_o, gt, pred_nt, gt_nt, tags=batch["tags"],
+                    raw_o = raw if option == refine else binarize_masks(
+                        out["pred_masks"], (size, size), threshold, refine=option, guidance=images,
+                        model_size=(size, size)).cpu()
+                    refine_meters[refine_label(option)].update_batch(raw_o, gt, pred_nt, gt_nt, tags=batch["tags"],
                                                                    sample_ids=indices)
                 if criterion is not None:
                     loss = criterion(out, batch["gt_masks"].to(device), batch["no_target"].to(device))["loss"]
@@ -326,14 +320,14 @@ def evaluate_model(model: torch.nn.Module, dataset: Any, batch_size: int = 8, nt
         refine: the mask refinement (mabp/mask_refine.py; not the paper's protocol): None = the model
             config's `inference.refine`, False = none, True = the config's radius / eps, or a GuidedRefine.
         refine_options: more refinements (None = none) scored from the same pass at the same NT decision
-            ("per_refine", keyed by `refine_key`); default: "none" beside a refined evaluation, so every
+            ("per_refine", keyed by `refine_label`); default: "none" beside a refined evaluation, so every
             refined figure comes with the unrefined one.
     Returns:
         {"metrics": GRESMeter.compute(), "breakdowns": {tag key: {group: metrics}},
          "per_head_nt": [per NT head accuracy figures], "per_rule": {rule: metrics},
          "per_sample": [one dict per sample], "per_nt_threshold": {threshold: metrics},
          "nt_auroc" (% or None; see nt_auroc), "nt_rule",
-         "threshold", "nt_threshold", "min_pixels", "flip_tta", "refine" (refine_key), "per_refine",
+         "threshold", "nt_threshold", "min_pixels", "flip_tta", "refine" (refine_label), "per_refine",
          "eval_size", "n",
          "wall_time_s", "samples_per_s", "device", "amp"}
     """
@@ -416,7 +410,7 @@ def evaluate_model(model: torch.nn.Module, dataset: Any, batch_size: int = 8, nt
         "nt_threshold": nt_thr,
         "min_pixels": int(min_pixels),
         "flip_tta": flip,
-        "refine": refine_key(refine_used),
+        "refine": refine_label(refine_used),
         "per_refine": {k: m.compute() for k, m in acc["refine_meters"].items()},
         "eval_size": size,
         "n": n,
@@ -743,7 +737,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
           f"{args.threshold if args.threshold is not None else model.cfg.inference.threshold}; "
           f"no-target threshold {nt_thr:g}; "
           f"flip TTA {'on' if (model.cfg.inference.flip_tta if args.flip_tta is None else args.flip_tta) else 'off'}; "
-          f"mask refinement {refine_key(resolve_refine(model.cfg.inference, refine))}; "
+          f"mask refinement {refine_label(resolve_refine(model.cfg.inference, refine))}; "
           f"model size {model.cfg.image_size}; {min(len(dataset), args.limit or len(dataset))} samples", flush=True)
     try:
         result = evaluate_model(model, dataset, batch_size=args.batch_size, nt_rule=args.nt_rule,
